@@ -1,0 +1,504 @@
+"""The data side of DivideMix/InstanceGM: one object serving every loader mode the co-training loop needs.
+
+Modes (SPEC §6, the original ``run(mode)`` factories):
+
+========================  =========================================  ===============================
+method                    samples                                    yields
+========================  =========================================  ===============================
+``warmup_loader``         all training samples, train augmentation   ``(x, noisy_y, idx)``
+``eval_train_loader``     all training samples, test transform       ``(x, noisy_y, idx)``
+``labeled_loader``        given indices (+ clean probability), 2 views ``(x1, x2, noisy_y, w, idx)``
+``unlabeled_loader``      given indices, 2 views                     ``(u1, u2, noisy_y, idx)``
+``co_divide``             clean probability > threshold -> the two   (labeled_loader, unlabeled_loader)
+``test_loader``           clean test set, test transform             ``(x, y)``
+``vae_batches``           endless: fresh random distinct samples     ``(x, noisy_y, idx)``
+========================  =========================================  ===============================
+
+Images come out as float tensors in [0, 1] on the module's device (never normalised: the continuous
+Bernoulli likelihood needs [0, 1] targets); labels and weights on the device too; ``idx`` (positions in the
+training set) stays on the CPU. Two pipelines produce them:
+
+* ``device``: the whole uint8 training set lives on the device and random crop (zero padding) + horizontal
+  flip are applied to a whole batch at once (:func:`device_augment`); no DataLoader, no worker processes.
+* ``pil``: the original per-sample path, torchvision transforms on PIL images in DataLoader workers.
+
+Both draw their randomness from the module's own ``torch.Generator`` (saved in checkpoints), so a run is
+reproducible and resumable: the ``pil`` pipeline seeds each sample's transform from a seed drawn from that
+generator, so its output depends neither on the number of workers nor on the global RNG. The augmentation
+distribution is the same in both pipelines (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .transforms import (  # noqa: F401  (re-exported: the public names of the data side live here too)
+    AugSpec,
+    apply_augment,
+    device_augment,
+    draw_augment_params,
+    pil_test_transform,
+    pil_train_transform,
+    to_float,
+)
+
+_SEED_RANGE = 2**62  # per-pass base seeds for the per-sample PIL transforms
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is missing or incomplete; the message names the expected layout and where to get it."""
+
+
+class _ArrayViews(Dataset):
+    """Per-sample PIL path over an in-memory uint8 (N, H, W, C) array.
+
+    Keys are ``(position, seed)`` pairs from :class:`_KeySampler` / :class:`_RandomBatchSampler`: ``position``
+    indexes ``indices``; ``seed`` (None for the deterministic test transform) seeds torch's CPU RNG, which
+    torchvision's random transforms use, for this one sample only.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Tensor,
+        indices: Tensor,
+        transform,
+        views: int,
+        weights: Tensor | None = None,
+    ):
+        self.images, self.labels, self.indices = images, labels, indices
+        self.transform, self.views, self.weights = transform, views, weights
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        pos, seed = key
+        idx = int(self.indices[pos])
+        array = self.images[idx]
+        img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        if seed is None:
+            out = [self.transform(img) for _ in range(self.views)]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                out = [self.transform(img) for _ in range(self.views)]
+        out.append(self.labels[idx])
+        if self.weights is not None:
+            out.append(self.weights[pos])
+        out.append(idx)
+        return tuple(out)
+
+
+class _KeySampler(Sampler):
+    """One pass over ``n`` positions (shuffled or in order) as ``(position, seed)`` keys of ``_ArrayViews``.
+
+    The shuffle and one base seed per pass come from the module generator, in the main process.
+    """
+
+    def __init__(self, n: int, generator: torch.Generator, *, shuffle: bool, seeded: bool):
+        self.n, self.generator, self.shuffle, self.seeded = n, generator, shuffle, seeded
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
+        if not self.seeded:
+            yield from ((pos, None) for pos in order)
+            return
+        base = int(torch.randint(0, _SEED_RANGE, (1,), generator=self.generator))
+        yield from ((pos, base + k) for k, pos in enumerate(order))
+
+
+class _RandomBatchSampler(Sampler):
+    """Endless batches of ``batch_size`` distinct random positions in [0, n) (with per-sample seeds): what
+    the original got by creating a new shuffled DataLoader iterator every step and keeping its first batch
+    (SPEC §3.5, §8 item 19), without the rebuild."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+    def __iter__(self):
+        while True:
+            pos = torch.randperm(self.n, generator=self.generator)[: self.batch_size].tolist()
+            base = int(torch.randint(0, _SEED_RANGE, (1,), generator=self.generator))
+            yield [(p, base + k) for k, p in enumerate(pos)]
+
+
+class _OnDevice:
+    """Wrap a DataLoader so every tensor of a batch arrives on ``device`` (indices stay on the CPU).
+
+    Re-iterable (each pass is a new epoch of the DataLoader); ``keep_index=False`` drops the trailing index.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, keep_index: bool = True):
+        self.loader, self.device, self.keep_index = loader, device, keep_index
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            *tensors, idx = batch
+            tensors = tuple(t.to(self.device, non_blocking=True) for t in tensors)
+            yield (*tensors, idx) if self.keep_index else tensors
+
+
+class _TensorLoader:
+    """Batches of an index order gathered from a device-resident uint8 tensor (the ``device`` pipeline).
+
+    Iterating draws a fresh shuffle (if ``shuffle``) and fresh augmentations from the module generator, like
+    a DataLoader with ``shuffle=True`` does each epoch.
+    """
+
+    def __init__(
+        self,
+        module: InMemoryDataModule,
+        images: Tensor,
+        labels: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        views: int,
+        weights: Tensor | None = None,
+        with_index: bool = True,
+    ):
+        self.m, self.images, self.indices = module, images, indices
+        self.labels = labels.to(images.device)
+        self.batch_size, self.shuffle, self.augment, self.views = batch_size, shuffle, augment, views
+        self.weights, self.with_index = weights, with_index
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple]:
+        n = len(self.indices)
+        gen, dev = self.m.generator, self.images.device
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            pos = order[start : start + self.batch_size]
+            idx = self.indices[pos]
+            idx_dev = idx.to(dev, non_blocking=True)
+            raw = self.images[idx_dev]  # (b, C, H, W) uint8
+            if self.augment:
+                views = [to_float(device_augment(raw, self.m.aug, gen)) for _ in range(self.views)]
+            else:
+                views = [to_float(raw)]
+            out = [*views, self.labels[idx_dev]]
+            if self.weights is not None:
+                out.append(self.weights[pos].to(dev, non_blocking=True))
+            if self.with_index:
+                out.append(idx)
+            yield tuple(out)
+
+
+class NoisyDataModule:
+    """Interface of every dataset (see the module docstring for the modes).
+
+    Subclasses set ``name``, ``num_classes``, ``image_size``, ``noisy_labels`` (int64, CPU, one per
+    training sample), ``clean_labels`` (same, or None when the truth is unknown), ``noise_info`` and
+    implement the loaders.
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    image_size: int = 32
+    noisy_labels: Tensor
+    clean_labels: Tensor | None = None
+    noise_info: dict
+
+    @property
+    def num_train(self) -> int:
+        return len(self.noisy_labels)
+
+    @property
+    def is_clean(self) -> Tensor | None:
+        """Boolean mask of training samples whose given label is correct (None when unknown)."""
+        return None if self.clean_labels is None else self.noisy_labels == self.clean_labels
+
+    def warmup_loader(self, batch_size: int):
+        raise NotImplementedError
+
+    def eval_train_loader(self, batch_size: int):
+        raise NotImplementedError
+
+    def labeled_loader(self, indices: Tensor, prob: Tensor, batch_size: int):
+        raise NotImplementedError
+
+    def unlabeled_loader(self, indices: Tensor, batch_size: int):
+        raise NotImplementedError
+
+    def co_divide(
+        self, clean_prob: Tensor, threshold: float, batch_size: int, sample_ids: Tensor | None = None
+    ):
+        """DivideMix's split: samples with clean probability > ``threshold`` are labeled (weighted by it),
+        the rest unlabeled. ``sample_ids`` names the training positions ``clean_prob`` refers to (default:
+        all samples in order, what ``eval_train_loader`` covers).
+
+        Returns ``(labeled_loader, unlabeled_loader)``.
+        """
+        prob = torch.as_tensor(clean_prob, dtype=torch.float32).cpu()
+        ids = torch.arange(len(prob)) if sample_ids is None else torch.as_tensor(sample_ids).long().cpu()
+        if len(ids) != len(prob):
+            raise ValueError(f"{len(prob)} clean probabilities for {len(ids)} sample ids")
+        pred = prob > threshold  # strict, as DivideMix's `prob > args.p_threshold`
+        return (
+            self.labeled_loader(ids[pred], prob[pred], batch_size),
+            self.unlabeled_loader(ids[~pred], batch_size),
+        )
+
+    def test_loader(self, batch_size: int):
+        raise NotImplementedError
+
+    def val_loader(self, batch_size: int):
+        """Clean validation set for model selection, if the dataset has one."""
+        return None
+
+    def vae_batches(self, batch_size: int) -> Iterator[tuple]:
+        raise NotImplementedError
+
+    def sample_images(self, count: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A few (test-transform) training images with their noisy and (if known) clean labels, for logs."""
+        raise NotImplementedError
+
+    # Randomness of the data side (shuffles, augmentation, subsets): saved with every checkpoint.
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _long(labels) -> Tensor | None:
+    return None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+
+class InMemoryDataModule(NoisyDataModule):
+    """A dataset that fits in memory as one uint8 array (CIFAR, Fashion-MNIST, 32×32 Red, 64×64 Animal-10N).
+
+    ``train_images``/``test_images`` are uint8 (N, H, W, C) numpy arrays; labels are int arrays.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        train_images: np.ndarray,
+        noisy_labels: np.ndarray,
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+        num_classes: int,
+        *,
+        clean_labels: np.ndarray | None = None,
+        aug: AugSpec = AugSpec(),  # noqa: B008  (frozen dataclass: immutable)
+        pipeline: str = "device",
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+        seed: int = 0,
+        val_images: np.ndarray | None = None,
+        val_labels: np.ndarray | None = None,
+        noise_info: dict | None = None,
+    ):
+        if pipeline not in ("device", "pil"):
+            raise ValueError(f"pipeline {pipeline!r}: choose 'device' or 'pil'")
+        for what, images in (("train", train_images), ("test", test_images), ("val", val_images)):
+            if images is not None and (images.ndim != 4 or images.dtype != np.uint8):
+                raise ValueError(
+                    f"{what} images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+                )
+        if len(train_images) != len(noisy_labels):
+            raise ValueError(f"{len(train_images)} training images but {len(noisy_labels)} labels")
+        if len(test_images) != len(test_labels):
+            raise ValueError(f"{len(test_images)} test images but {len(test_labels)} labels")
+        self.name, self.num_classes, self.aug, self.pipeline = name, num_classes, aug, pipeline
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.image_size = int(train_images.shape[1])
+        self.noisy_labels = _long(noisy_labels)
+        self.clean_labels = _long(clean_labels)
+        self.test_labels = _long(test_labels)
+        self.val_labels = _long(val_labels)
+        self.noise_info = dict(noise_info or {})
+        self.generator = torch.Generator().manual_seed(seed)
+        self._np_train, self._np_test, self._np_val = train_images, test_images, val_images
+        self._all = torch.arange(len(train_images))
+        if pipeline == "device":
+            # NHWC -> NCHW once; the whole set stays on the device as uint8 (CIFAR-10: 150 MB).
+            def put(a):
+                return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(self.device)
+
+            self._train = put(train_images)
+            self._test = put(test_images)
+            self._val = None if val_images is None else put(val_images)
+        self._labels_dev = self.noisy_labels.to(self.device)
+
+    # ---------------- helpers ----------------
+    def _tensor(
+        self,
+        which: str,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        views: int = 1,
+        weights: Tensor | None = None,
+        labels: Tensor | None = None,
+        with_index: bool = True,
+    ):
+        images = {"train": self._train, "test": self._test, "val": self._val}[which]
+        return _TensorLoader(
+            self,
+            images,
+            self._labels_dev if labels is None else labels,
+            indices,
+            batch_size,
+            shuffle=shuffle,
+            augment=augment,
+            views=views,
+            weights=weights,
+            with_index=with_index,
+        )
+
+    def _pil(
+        self,
+        images: np.ndarray,
+        labels: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        views: int = 1,
+        weights: Tensor | None = None,
+        with_index: bool = True,
+    ):
+        tf = pil_train_transform(self.image_size, self.aug) if augment else pil_test_transform()
+        ds = _ArrayViews(images, labels, indices, tf, views, weights)
+        loader = DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=_KeySampler(len(ds), self.generator, shuffle=shuffle, seeded=augment),
+            num_workers=self.num_workers,
+            generator=self.generator,  # worker base seeds: keeps the global RNG untouched
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        return _OnDevice(loader, self.device, keep_index=with_index)
+
+    def _loader(
+        self,
+        indices: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        views: int = 1,
+        weights: Tensor | None = None,
+    ):
+        if self.pipeline == "device":
+            return self._tensor(
+                "train", indices, batch_size, shuffle=shuffle, augment=augment, views=views, weights=weights
+            )
+        return self._pil(
+            self._np_train,
+            self.noisy_labels,
+            indices,
+            batch_size,
+            shuffle=shuffle,
+            augment=augment,
+            views=views,
+            weights=weights,
+        )
+
+    # ---------------- modes ----------------
+    def warmup_loader(self, batch_size: int):
+        return self._loader(self._all, batch_size, shuffle=True, augment=True)
+
+    def eval_train_loader(self, batch_size: int):
+        return self._loader(self._all, batch_size, shuffle=False, augment=False)
+
+    def labeled_loader(self, indices: Tensor, prob: Tensor, batch_size: int):
+        """``prob``: the clean probability of each of ``indices`` (or of every training sample)."""
+        indices = torch.as_tensor(indices).long().cpu()
+        w = torch.as_tensor(prob, dtype=torch.float32).cpu()
+        if len(w) != len(indices):
+            if len(w) != self.num_train:
+                raise ValueError(f"{len(w)} probabilities for {len(indices)} labeled indices")
+            w = w[indices]
+        return self._loader(indices, batch_size, shuffle=True, augment=True, views=2, weights=w)
+
+    def unlabeled_loader(self, indices: Tensor, batch_size: int):
+        indices = torch.as_tensor(indices).long().cpu()
+        return self._loader(indices, batch_size, shuffle=True, augment=True, views=2)
+
+    def _eval_set(self, which: str, batch_size: int):
+        labels = self.test_labels if which == "test" else self.val_labels
+        images = self._np_test if which == "test" else self._np_val
+        idx = torch.arange(len(labels))
+        if self.pipeline == "device":
+            return self._tensor(
+                which, idx, batch_size, shuffle=False, augment=False, labels=labels, with_index=False
+            )
+        return self._pil(images, labels, idx, batch_size, shuffle=False, augment=False, with_index=False)
+
+    def test_loader(self, batch_size: int):
+        return self._eval_set("test", batch_size)
+
+    def val_loader(self, batch_size: int):
+        return None if self.val_labels is None else self._eval_set("val", batch_size)
+
+    def vae_batches(self, batch_size: int, indices: Tensor | None = None) -> Iterator[tuple]:
+        """Endless fresh batches of ``batch_size`` distinct random training samples (from ``indices``, default
+        all), train augmentation. One generator for the whole run: no loader is built per step."""
+        pool = self._all if indices is None else torch.as_tensor(indices).long().cpu()
+        batch_size = min(batch_size, len(pool))
+        if self.pipeline == "device":
+            while True:
+                idx = pool[torch.randperm(len(pool), generator=self.generator)[:batch_size]]
+                idx_dev = idx.to(self.device, non_blocking=True)
+                x = to_float(device_augment(self._train[idx_dev], self.aug, self.generator))
+                yield x, self._labels_dev[idx_dev], idx
+        else:
+            ds = _ArrayViews(
+                self._np_train, self.noisy_labels, pool, pil_train_transform(self.image_size, self.aug), 1
+            )
+            loader = DataLoader(
+                ds,
+                batch_sampler=_RandomBatchSampler(len(pool), batch_size, self.generator),
+                num_workers=self.num_workers,
+                generator=self.generator,
+                pin_memory=self.device.type == "cuda",
+            )
+            yield from _OnDevice(loader, self.device)
+
+    def sample_images(self, count: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        count = min(count, self.num_train)
+        images = torch.from_numpy(np.ascontiguousarray(self._np_train[:count].transpose(0, 3, 1, 2)))
+        clean = None if self.clean_labels is None else self.clean_labels[:count]
+        return to_float(images), self.noisy_labels[:count], clean
+
+
+def select_subset(labels: np.ndarray, size: int, num_classes: int, balanced: bool) -> np.ndarray:
+    """Indices of a training subset: the first ``size`` samples, or the first size/K of each class."""
+    if size <= 0 or size >= len(labels):
+        return np.arange(len(labels))
+    if not balanced:
+        return np.arange(size)
+    per_class = size // num_classes
+    if per_class == 0:
+        raise ValueError(f"a balanced subset of {size} samples has no room for {num_classes} classes")
+    labels = np.asarray(labels)
+    picks = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(picks))

@@ -1,0 +1,184 @@
+"""``run(presets, default)``: what every entry script calls. Parse, set up the run folder, build, resume, fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from training import checkpoint as ckpt_lib
+from training.config import Config, ConfigError, parse_cli
+from training.metrics import MetricSink, truncate_jsonl
+from training.runtime import (
+    atomic_write_text,
+    autocast_factory,
+    environment_info,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+)
+from training.trainer import CoTrainer, Peer, TrainingDiverged
+
+log = logging.getLogger("training")
+
+
+def apply_smoke(cfg: Config) -> Config:
+    """A tiny wiring run: one warm-up and one co-training epoch on a few batches, narrow net, no wandb."""
+    if not cfg.smoke:
+        return cfg
+    return cfg.replace(
+        num_epochs=2, warm_up=1, train_subset=min(cfg.train_subset or 256, 256), batch_size=min(cfg.batch_size, 32),
+        width=min(cfg.width, 16), wandb="off", num_batches=min(cfg.num_batches, 4), num_workers=0, log_interval=5,
+    ).validate()
+
+
+def setup_logging(run_dir: Path | None = None) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_instancegm", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._instancegm = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    for h in [h for h in root.handlers if getattr(h, "_instancegm_file", False)]:
+        root.removeHandler(h)  # one run folder per run, also when several runs share a process (tests)
+        h.close()
+    if run_dir is not None:
+        fh = logging.FileHandler(run_dir / "log.txt")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh._instancegm_file = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+
+
+def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
+    """Two classifiers (and, for InstanceGM, one generative model each) with their optimisers."""
+    from dataloaders import DATASET_STATS
+    from models import build_classifier, build_vae
+
+    normalize = DATASET_STATS.get(cfg.dataset) if cfg.normalize_inputs else None
+    peers = []
+    for name in ("net1", "net2"):
+        net = build_classifier(cfg.backbone, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained,
+                               weights_path=cfg.weights_path or None, normalize=normalize).to(device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        vae = opt_vae = None
+        if cfg.method == "instancegm":
+            vae = build_vae(cfg.vae_size, cfg.num_classes, cfg.z_dim, gaussian_reparam=cfg.gaussian_reparam,
+                            single_sigmoid=cfg.single_sigmoid, gumbel_tau=cfg.gumbel_tau).to(device)
+            opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr, betas=(cfg.vae_beta1, cfg.vae_beta2))
+        peers.append(Peer(name, net, opt, vae, opt_vae))
+    return peers
+
+
+def prepare_run_dir(cfg: Config) -> tuple[Path, Path | None]:
+    """The run folder, and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
+    run_dir = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
+    existing = run_dir / ckpt_lib.FILENAME
+    if cfg.resume == "auto":
+        resume = existing if existing.exists() else None
+    elif cfg.resume:
+        resume = Path(cfg.resume)
+        if not resume.exists():
+            raise ckpt_lib.CheckpointError(f"--resume {cfg.resume}: no such file")
+    else:
+        resume = None
+        if existing.exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run (checkpoint.pt); continue it with --resume auto, "
+                "or start another with --run_name NAME"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume
+
+
+def main_run(cfg: Config) -> dict:
+    """Everything after parsing: usable from Python (tests, benchmarks) with a Config."""
+    from dataloaders import build_data
+
+    cfg = apply_smoke(cfg.validate())
+    run_dir, resume_path = prepare_run_dir(cfg)
+    setup_logging(run_dir)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    autocast = autocast_factory(cfg.amp, device)
+    log.info("run folder %s | device %s | method %s", run_dir, device, cfg.method)
+
+    data = build_data(cfg, device)
+    peers = build_peers(cfg, device)
+    start_epoch, history, best, vae_pool = 0, [], {}, None
+    if resume_path is not None:
+        state = ckpt_lib.load(resume_path)
+        ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
+        for peer in peers:
+            peer.load_state_dict(state["peers"][peer.name])
+        data.load_state_dict(state["data"])
+        restore_rng_state(state["rng"])
+        start_epoch, history, best, vae_pool = state["epoch"] + 1, state["history"], state["best"], state["vae_pool"]
+        truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
+        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+
+    info = {"config": cfg.to_dict(), "noise": getattr(data, "noise_info", {}), "environment": environment_info(device),
+            "num_train": data.num_train}
+    atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
+    sink = MetricSink(run_dir, cfg.wandb, cfg.wandb_project, run_dir.name, info)
+    if start_epoch == 0:
+        _log_samples(sink, data)
+    trainer = CoTrainer(cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best)
+    trainer._vae_pool = vae_pool
+    try:
+        summary = trainer.fit()
+    finally:
+        sink.close()
+    summary["run_dir"] = str(run_dir)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    acc = summary.get("test/acc", {})
+    if acc:
+        log.info("done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
+                 acc["last"], acc["best"], acc["best_epoch"] + 1, acc["mean_last10"])
+    return summary
+
+
+def _log_samples(sink: MetricSink, data) -> None:
+    if sink.wandb is None:
+        return
+    images, noisy, clean = data.sample_images(16)
+    captions = [f"noisy {int(n)}" + ("" if clean is None else f" / true {int(c)}")
+                for n, c in zip(noisy, clean if clean is not None else noisy)]
+    sink.log_images("input/images", images, captions, 0)
+
+
+# Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dataloaders.base import DatasetNotFoundError
+
+    errors: list[type[BaseException]] = [ConfigError, ckpt_lib.CheckpointError, DatasetNotFoundError,
+                                         TrainingDiverged]
+    try:
+        from models import PretrainedWeightsMissing
+
+        errors.append(PretrainedWeightsMissing)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def run(presets: Mapping[str, Config], default: str, argv: Sequence[str] | None = None,
+        description: str = "") -> dict | None:
+    """Entry-script main: parse the CLI over the presets and train; user errors exit with one line."""
+    setup_logging()
+    try:
+        cfg = parse_cli(presets, default, argv, description)
+        return main_run(cfg)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in checkpoint.pt; continue with --resume auto",
+              file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,117 @@
+"""Device, precision, seeding and random-number-generator state: decided once, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("training")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. An explicit CUDA device that is absent is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device); choose cudnn benchmark or determinism."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    # NOTE(original): cudnn.benchmark = True everywhere; deterministic mode is the opt-in.
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A zero-argument factory of the autocast context for the network forwards (``off``: a no-op)."""
+    if amp == "off":
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if amp == "fp16" and device.type != "cuda":
+        raise RuntimeError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or off")
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- RNG state --------------------------------
+# Stored as plain tensors/ints/lists so checkpoints load with torch.load(weights_only=True).
+def capture_rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- provenance -------------------------------
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment_info(device: torch.device) -> dict:
+    """Versions and hardware recorded next to every run, so results can be compared later."""
+    import sklearn
+    import torchvision
+
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "git_sha": git_sha(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
