@@ -13,10 +13,24 @@ from training import Config, run
 
 # The original instanceGM.py argparse defaults and hard-coded values (SPEC §1.2).
 _COMMON = dict(
-    backbone="preact_resnet18", vae_size=32, z_dim=25, noise_mode="instance", r=0.5,
-    batch_size=64, lr=0.02, lr_drop_epoch=150, vae_lr=1e-3, num_epochs=300,
-    p_threshold=0.5, T=0.5, alpha=4.0, lambda_u=25.0,
-    recon_weight=1.0, noisy_label_weight=1.0, y_prior_weight=1e-5, kl_weight=3e-4,
+    backbone="preact_resnet18",
+    vae_size=32,
+    z_dim=25,
+    noise_mode="instance",
+    r=0.5,
+    batch_size=64,
+    lr=0.02,
+    lr_drop_epoch=150,
+    vae_lr=1e-3,
+    num_epochs=300,
+    p_threshold=0.5,
+    T=0.5,
+    alpha=4.0,
+    lambda_u=25.0,
+    recon_weight=1.0,
+    noisy_label_weight=1.0,
+    y_prior_weight=1e-5,
+    kl_weight=3e-4,
 )
 
 PRESETS = {
@@ -25,8 +39,13 @@ PRESETS = {
     "cifar100": Config(dataset="cifar100", data_path="./cifar-100", num_classes=100, warm_up=30, **_COMMON),
     # Not in the paper: Fashion-MNIST (28x28, zero-padded to 32x32, 3 channels) with CIFAR-10's recipe, the
     # real dataset this project's CPU tests and benchmarks use (CausalNL and Xia et al. report IDN on it).
-    "fashionmnist": Config(dataset="fashionmnist", data_path="/usr/share/datasets/fashion-mnist", num_classes=10,
-                           warm_up=10, **_COMMON),
+    "fashionmnist": Config(
+        dataset="fashionmnist",
+        data_path="/usr/share/datasets/fashion-mnist",
+        num_classes=10,
+        warm_up=10,
+        **_COMMON,
+    ),
 }
 
 

@@ -12,15 +12,63 @@ P = instanceGM.PRESETS
 
 def test_original_commands_parse_unchanged():
     cfg = parse_cli(P, "cifar10", ["--r", "0.5"])
-    assert (cfg.dataset, cfg.num_classes, cfg.r, cfg.warm_up, cfg.data_path) == ("cifar10", 10, 0.5, 10, "./cifar-10")
-    cfg = parse_cli(P, "cifar10", "--num_class 100 --data_path ./cifar-100 --dataset cifar100 --r 0.5".split())
+    assert (cfg.dataset, cfg.num_classes, cfg.r, cfg.warm_up, cfg.data_path) == (
+        "cifar10",
+        10,
+        0.5,
+        10,
+        "./cifar-10",
+    )
+    cfg = parse_cli(
+        P, "cifar10", ["--num_class", "100", "--data_path", "./cifar-100", "--dataset", "cifar100", "--r", "0.5"]
+    )
     assert (cfg.dataset, cfg.num_classes, cfg.warm_up, cfg.data_path) == ("cifar100", 100, 30, "./cifar-100")
     # every DivideMix/InstanceGM flag of the original argparse, original spelling
-    cfg = parse_cli(P, "cifar10", "--batch_size 32 --lr 0.01 --noise_mode instance --alpha 2 --lambda_u 0 "
-                    "--p_threshold 0.6 --T 0.4 --num_epochs 20 --seed 7 --gpuid 0 --z_dim 16 --vae_lr 0.0005 "
-                    "--id myrun".split())
-    assert (cfg.batch_size, cfg.lr, cfg.alpha, cfg.lambda_u, cfg.p_threshold, cfg.T, cfg.num_epochs, cfg.seed,
-            cfg.z_dim, cfg.vae_lr, cfg.run_name) == (32, 0.01, 2.0, 0.0, 0.6, 0.4, 20, 7, 16, 0.0005, "myrun")
+    cfg = parse_cli(
+        P,
+        "cifar10",
+        [
+            "--batch_size",
+            "32",
+            "--lr",
+            "0.01",
+            "--noise_mode",
+            "instance",
+            "--alpha",
+            "2",
+            "--lambda_u",
+            "0",
+            "--p_threshold",
+            "0.6",
+            "--T",
+            "0.4",
+            "--num_epochs",
+            "20",
+            "--seed",
+            "7",
+            "--gpuid",
+            "0",
+            "--z_dim",
+            "16",
+            "--vae_lr",
+            "0.0005",
+            "--id",
+            "myrun",
+        ],
+    )
+    assert (
+        cfg.batch_size,
+        cfg.lr,
+        cfg.alpha,
+        cfg.lambda_u,
+        cfg.p_threshold,
+        cfg.T,
+        cfg.num_epochs,
+        cfg.seed,
+        cfg.z_dim,
+        cfg.vae_lr,
+        cfg.run_name,
+    ) == (32, 0.01, 2.0, 0.0, 0.6, 0.4, 20, 7, 16, 0.0005, "myrun")
 
 
 def test_precedence_default_preset_cli():

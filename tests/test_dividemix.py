@@ -116,8 +116,7 @@ def test_step_combines_terms_and_backpropagates():
     out.loss.backward()
     assert net[1].weight.grad is not None and peer[1].weight.grad is None
     # labeled-only variant (Clothing1M): no Lu; also the path used when the unlabeled set is empty
-    out2 = dm.step(net, peer, x1, x2, y, w, u1, u2, num_classes=3, T=0.5, alpha=0.5, lambda_u=2.0,
-                   mix_unlabeled=False)
+    out2 = dm.step(net, peer, x1, x2, y, w, u1, u2, num_classes=3, T=0.5, alpha=0.5, lambda_u=2.0, mix_unlabeled=False)
     assert out2.lu.item() == 0.0 and out2.loss.item() == pytest.approx((out2.lx + out2.penalty).item())
     out3 = dm.step(net, peer, x1, x2, y, w, None, None, num_classes=3, T=0.5, alpha=4.0, lambda_u=2.0)
     assert torch.isfinite(out3.loss)

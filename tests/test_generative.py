@@ -64,8 +64,16 @@ def test_vae_objective_terms_hand_computed():
 def test_kl_is_zero_at_standard_normal_and_mean_reduction_divides_by_batch():
     n, d = 6, 3
     zeros = torch.zeros(n, d)
-    out = gen.vae_objective(torch.rand(n, 3, 4, 4), torch.full((n, 3, 4, 4), 0.6), torch.zeros(n, 2),
-                            torch.zeros(n, dtype=torch.long), zeros, zeros, torch.full((n, 2), 0.5), num_classes=2)
+    out = gen.vae_objective(
+        torch.rand(n, 3, 4, 4),
+        torch.full((n, 3, 4, 4), 0.6),
+        torch.zeros(n, 2),
+        torch.zeros(n, dtype=torch.long),
+        zeros,
+        zeros,
+        torch.full((n, 2), 0.5),
+        num_classes=2,
+    )
     assert out.kl_z.item() == 0.0
     s, _ = _terms(kl_reduction="sum")
     m, _ = _terms(kl_reduction="mean")
@@ -74,8 +82,14 @@ def test_kl_is_zero_at_standard_normal_and_mean_reduction_divides_by_batch():
 
 def test_y_prior_constant_has_no_gradient_but_kl_variant_does():
     y_hat = torch.softmax(torch.randn(4, 5), 1).requires_grad_(True)
-    args = (torch.rand(4, 3, 2, 2), torch.full((4, 3, 2, 2), 0.6), torch.zeros(4, 5), torch.zeros(4, dtype=torch.long),
-            torch.zeros(4, 2), torch.zeros(4, 2))
+    args = (
+        torch.rand(4, 3, 2, 2),
+        torch.full((4, 3, 2, 2), 0.6),
+        torch.zeros(4, 5),
+        torch.zeros(4, dtype=torch.long),
+        torch.zeros(4, 2),
+        torch.zeros(4, 2),
+    )
     const = gen.vae_objective(*args, y_hat, num_classes=5)
     (g,) = torch.autograd.grad(const.y_prior, y_hat, allow_unused=True)
     # d/dy of -w3 * sum_k y_k * c is a constant vector: its projection on the simplex (sum-zero) is zero

@@ -51,22 +51,37 @@ def load(path: str | os.PathLike) -> dict:
             f"{str(err).splitlines()[0][:160]}); resume from another file or start a new run"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"{path} is not an InstanceGM checkpoint of this project (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
-            f"expected {FORMAT!r}); the original code's .tar files cannot be resumed"
+            f"{path} is not an InstanceGM checkpoint of this project (format {found!r}, expected {FORMAT!r}); "
+            "the original code's .tar files cannot be resumed"
         )
     return ckpt
 
 
 # Fields that must agree between a checkpoint and the run resuming it: anything that changes the shapes of the
 # saved tensors or what the saved epoch counter means.
-_MUST_MATCH = ("dataset", "num_classes", "backbone", "width", "method", "z_dim", "vae_size", "noise_mode", "r",
-               "train_subset", "batch_size")
+_MUST_MATCH = (
+    "dataset",
+    "num_classes",
+    "backbone",
+    "width",
+    "method",
+    "z_dim",
+    "vae_size",
+    "noise_mode",
+    "r",
+    "train_subset",
+    "batch_size",
+)
 
 
 def check_compatible(saved: dict, current: dict, path: str | os.PathLike) -> None:
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in _MUST_MATCH
-             if saved.get(k) != current.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
+        for k in _MUST_MATCH
+        if saved.get(k) != current.get(k)
+    ]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} belongs to a different run ({'; '.join(diffs)}); "

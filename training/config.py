@@ -207,9 +207,7 @@ def _field_parser(tp: Any):
 
 def build_parser(base: Config, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one flag per Config field; defaults come from ``base`` (the preset)."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = get_type_hints(Config)
     reverse: dict[str, list[str]] = {}
     for alias, name in ALIASES.items():

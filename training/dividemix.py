@@ -39,8 +39,9 @@ def co_guess_targets(net: nn.Module, peer_net: nn.Module, u1: Tensor, u2: Tensor
 
 
 @torch.no_grad()
-def refine_labeled_targets(net: nn.Module, x1: Tensor, x2: Tensor, y_onehot: Tensor, w_clean: Tensor,
-                           T: float) -> Tensor:
+def refine_labeled_targets(
+    net: nn.Module, x1: Tensor, x2: Tensor, y_onehot: Tensor, w_clean: Tensor, T: float
+) -> Tensor:
     """Label refinement: w * onehot(noisy label) + (1 - w) * mean prediction of two views, then sharpen.
 
     ``w_clean`` is the (other net's) GMM clean probability of each labeled sample, shape (B,).
@@ -50,8 +51,13 @@ def refine_labeled_targets(net: nn.Module, x1: Tensor, x2: Tensor, y_onehot: Ten
     return sharpen(w * y_onehot + (1 - w) * p, T)
 
 
-def mixmatch(inputs: Tensor, targets: Tensor, alpha: float, rng: np.random.RandomState | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, float]:
+def mixmatch(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float,
+    rng: np.random.RandomState | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, float]:
     """MixUp of a concatenated batch with a random permutation of itself (DivideMix ``train``).
 
     lam ~ Beta(alpha, alpha) from numpy (the original uses numpy's global RNG), lam <- max(lam, 1 - lam) so
@@ -110,9 +116,23 @@ class DivideMixOut(NamedTuple):
     lambda_u: float
 
 
-def step(net: nn.Module, peer_net: nn.Module, x1: Tensor, x2: Tensor, y_noisy: Tensor, w_clean: Tensor,
-         u1: Tensor | None, u2: Tensor | None, *, num_classes: int, T: float, alpha: float, lambda_u: float,
-         mix_unlabeled: bool = True, generator: torch.Generator | None = None) -> DivideMixOut:
+def step(
+    net: nn.Module,
+    peer_net: nn.Module,
+    x1: Tensor,
+    x2: Tensor,
+    y_noisy: Tensor,
+    w_clean: Tensor,
+    u1: Tensor | None,
+    u2: Tensor | None,
+    *,
+    num_classes: int,
+    T: float,
+    alpha: float,
+    lambda_u: float,
+    mix_unlabeled: bool = True,
+    generator: torch.Generator | None = None,
+) -> DivideMixOut:
     """The DivideMix loss of one labeled batch (x1, x2) and one unlabeled batch (u1, u2) (SPEC §3.4).
 
     ``lambda_u`` is already ramped (see :func:`linear_rampup`). ``u1``/``u2`` may be None (empty unlabeled
@@ -156,7 +176,9 @@ def warmup_loss(logits: Tensor, y_noisy: Tensor, confidence_penalty: bool) -> tu
 
 # ---------------------------------------------------------------- divide ----------------------------------
 @torch.no_grad()
-def per_sample_losses(net: nn.Module, loader, num_samples: int, device: torch.device, autocast=None) -> tuple[Tensor, Tensor]:
+def per_sample_losses(
+    net: nn.Module, loader, num_samples: int, device: torch.device, autocast=None
+) -> tuple[Tensor, Tensor]:
     """Per-sample cross-entropy of every (eval-transform) training sample on its noisy label.
 
     Returns (losses, indices) in loader order, gathered on the device and moved to the CPU once. ``autocast``
@@ -190,8 +212,14 @@ class GMMSplit(NamedTuple):
     degenerate: bool  # True when the losses could not be split (all equal): every sample treated as clean
 
 
-def gmm_clean_probability(normalised_losses: Tensor, *, max_iter: int = 10, tol: float = 1e-2,
-                          reg_covar: float = 5e-4, random_state=None) -> GMMSplit:
+def gmm_clean_probability(
+    normalised_losses: Tensor,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+    random_state=None,
+) -> GMMSplit:
     """Fit a 2-component GaussianMixture to per-sample losses; clean probability = posterior of the
     component with the smaller mean (DivideMix ``eval_train``; scikit-learn with the original settings).
 
@@ -203,8 +231,7 @@ def gmm_clean_probability(normalised_losses: Tensor, *, max_iter: int = 10, tol:
         # Documented recovery: nothing to separate, so no sample is judged noisy this epoch.
         log.warning("GMM split: all %d per-sample losses are equal; treating every sample as clean", x.shape[0])
         return GMMSplit(torch.ones(x.shape[0]), (float(x.mean()), float(x.mean())), True)
-    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                          random_state=random_state)
+    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=random_state)
     gmm.fit(x)
     post = gmm.predict_proba(x)
     clean = int(gmm.means_.argmin())

@@ -53,10 +53,23 @@ class GenerativeOut(NamedTuple):
     noisy_label_acc: Tensor  # accuracy of the noisy-label head against the noisy labels (monitoring)
 
 
-def vae_objective(x: Tensor, x_hat: Tensor, noisy_logits: Tensor, noisy_targets: Tensor, mu: Tensor,
-                  log_var: Tensor, y_hat: Tensor, *, num_classes: int, recon_weight: float = 1.0,
-                  noisy_label_weight: float = 1.0, y_prior_weight: float = 1e-5, kl_weight: float = 3e-4,
-                  kl_reduction: str = "sum", y_prior: str = "constant") -> GenerativeOut:
+def vae_objective(
+    x: Tensor,
+    x_hat: Tensor,
+    noisy_logits: Tensor,
+    noisy_targets: Tensor,
+    mu: Tensor,
+    log_var: Tensor,
+    y_hat: Tensor,
+    *,
+    num_classes: int,
+    recon_weight: float = 1.0,
+    noisy_label_weight: float = 1.0,
+    y_prior_weight: float = 1e-5,
+    kl_weight: float = 3e-4,
+    kl_reduction: str = "sum",
+    y_prior: str = "constant",
+) -> GenerativeOut:
     """The four InstanceGM VAE terms with the per-dataset weights (SPEC §3.5 step 4)."""
     x, x_hat, mu, log_var, y_hat = x.float(), x_hat.float(), mu.float(), log_var.float(), y_hat.float()
     recon = -continuous_bernoulli_log_prob(x, x_hat).mean()
@@ -80,8 +93,17 @@ def vae_objective(x: Tensor, x_hat: Tensor, noisy_logits: Tensor, noisy_targets:
     return GenerativeOut(loss, recon, noisy_ce, y_term, kl, acc)
 
 
-def step(vae: nn.Module, net: nn.Module, x: Tensor, noisy_y: Tensor, *, num_classes: int, weights: dict,
-         encoder_on_noisy_label: bool = False, autocast=None) -> GenerativeOut:
+def step(
+    vae: nn.Module,
+    net: nn.Module,
+    x: Tensor,
+    noisy_y: Tensor,
+    *,
+    num_classes: int,
+    weights: dict,
+    encoder_on_noisy_label: bool = False,
+    autocast=None,
+) -> GenerativeOut:
     """One generative step: VAE forward with ``net`` as the clean-label classifier, then the objective.
 
     ``weights`` holds recon_weight, noisy_label_weight, y_prior_weight, kl_weight, kl_reduction, y_prior.
@@ -94,5 +116,14 @@ def step(vae: nn.Module, net: nn.Module, x: Tensor, noisy_y: Tensor, *, num_clas
             out = vae(x, net, y_cond=y_cond)
     else:
         out = vae(x, net, y_cond=y_cond)
-    return vae_objective(x, out.x_hat, out.noisy_logits, noisy_y, out.mu, out.log_var, out.y_hat,
-                         num_classes=num_classes, **weights)
+    return vae_objective(
+        x,
+        out.x_hat,
+        out.noisy_logits,
+        noisy_y,
+        out.mu,
+        out.log_var,
+        out.y_hat,
+        num_classes=num_classes,
+        **weights,
+    )

@@ -31,8 +31,15 @@ def apply_smoke(cfg: Config) -> Config:
     if not cfg.smoke:
         return cfg
     return cfg.replace(
-        num_epochs=2, warm_up=1, train_subset=min(cfg.train_subset or 256, 256), batch_size=min(cfg.batch_size, 32),
-        width=min(cfg.width, 16), wandb="off", num_batches=min(cfg.num_batches, 4), num_workers=0, log_interval=5,
+        num_epochs=2,
+        warm_up=1,
+        train_subset=min(cfg.train_subset or 256, 256),
+        batch_size=min(cfg.batch_size, 32),
+        width=min(cfg.width, 16),
+        wandb="off",
+        num_batches=min(cfg.num_batches, 4),
+        num_workers=0,
+        log_interval=5,
     ).validate()
 
 
@@ -62,15 +69,25 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
     normalize = DATASET_STATS.get(cfg.dataset) if cfg.normalize_inputs else None
     peers = []
     for name in ("net1", "net2"):
-        net = build_classifier(cfg.backbone, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained,
-                               weights_path=cfg.weights_path or None, normalize=normalize).to(device)
+        options = (
+            {"width": cfg.width}
+            if cfg.backbone.startswith("preact")
+            else {"pretrained": cfg.pretrained, "weights_path": cfg.weights_path or None}
+        )
+        net = build_classifier(cfg.backbone, cfg.num_classes, normalize=normalize, **options).to(device)
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         vae = opt_vae = None
         if cfg.method == "instancegm":
-            vae = build_vae(cfg.vae_size, cfg.num_classes, cfg.z_dim, gaussian_reparam=cfg.gaussian_reparam,
-                            single_sigmoid=cfg.single_sigmoid, gumbel_tau=cfg.gumbel_tau).to(device)
+            vae = build_vae(
+                cfg.vae_size,
+                cfg.num_classes,
+                cfg.z_dim,
+                gaussian_reparam=cfg.gaussian_reparam,
+                single_sigmoid=cfg.single_sigmoid,
+                gumbel_tau=cfg.gumbel_tau,
+            ).to(device)
             opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr, betas=(cfg.vae_beta1, cfg.vae_beta2))
         peers.append(Peer(name, net, opt, vae, opt_vae))
     return peers
@@ -119,12 +136,21 @@ def main_run(cfg: Config) -> dict:
             peer.load_state_dict(state["peers"][peer.name])
         data.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
-        start_epoch, history, best, vae_pool = state["epoch"] + 1, state["history"], state["best"], state["vae_pool"]
+        start_epoch, history, best, vae_pool = (
+            state["epoch"] + 1,
+            state["history"],
+            state["best"],
+            state["vae_pool"],
+        )
         truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
         log.info("resumed from %s at epoch %d", resume_path, start_epoch)
 
-    info = {"config": cfg.to_dict(), "noise": getattr(data, "noise_info", {}), "environment": environment_info(device),
-            "num_train": data.num_train}
+    info = {
+        "config": cfg.to_dict(),
+        "noise": getattr(data, "noise_info", {}),
+        "environment": environment_info(device),
+        "num_train": data.num_train,
+    }
     atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
     sink = MetricSink(run_dir, cfg.wandb, cfg.wandb_project, run_dir.name, info)
     if start_epoch == 0:
@@ -139,8 +165,13 @@ def main_run(cfg: Config) -> dict:
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     acc = summary.get("test/acc", {})
     if acc:
-        log.info("done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
-                 acc["last"], acc["best"], acc["best_epoch"] + 1, acc["mean_last10"])
+        log.info(
+            "done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
+            acc["last"],
+            acc["best"],
+            acc["best_epoch"] + 1,
+            acc["mean_last10"],
+        )
     return summary
 
 
@@ -148,8 +179,10 @@ def _log_samples(sink: MetricSink, data) -> None:
     if sink.wandb is None:
         return
     images, noisy, clean = data.sample_images(16)
-    captions = [f"noisy {int(n)}" + ("" if clean is None else f" / true {int(c)}")
-                for n, c in zip(noisy, clean if clean is not None else noisy)]
+    captions = [
+        f"noisy {int(n)}" + ("" if clean is None else f" / true {int(c)}")
+        for n, c in zip(noisy, clean if clean is not None else noisy)
+    ]
     sink.log_images("input/images", images, captions, 0)
 
 
@@ -157,8 +190,12 @@ def _log_samples(sink: MetricSink, data) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from dataloaders.base import DatasetNotFoundError
 
-    errors: list[type[BaseException]] = [ConfigError, ckpt_lib.CheckpointError, DatasetNotFoundError,
-                                         TrainingDiverged]
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        ckpt_lib.CheckpointError,
+        DatasetNotFoundError,
+        TrainingDiverged,
+    ]
     try:
         from models import PretrainedWeightsMissing
 
@@ -168,8 +205,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def run(presets: Mapping[str, Config], default: str, argv: Sequence[str] | None = None,
-        description: str = "") -> dict | None:
+def run(
+    presets: Mapping[str, Config], default: str, argv: Sequence[str] | None = None, description: str = ""
+) -> dict | None:
     """Entry-script main: parse the CLI over the presets and train; user errors exit with one line."""
     setup_logging()
     try:
@@ -179,6 +217,8 @@ def run(presets: Mapping[str, Config], default: str, argv: Sequence[str] | None 
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in checkpoint.pt; continue with --resume auto",
-              file=sys.stderr)
+        print(
+            "interrupted: the last completed epoch is in checkpoint.pt; continue with --resume auto",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None

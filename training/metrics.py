@@ -78,15 +78,28 @@ def _jsonable(v: Any) -> Any:
 class MetricSink:
     """Writes one JSON line per epoch to ``metrics.jsonl``; mirrors everything to wandb when enabled."""
 
-    def __init__(self, run_dir: Path, wandb_mode: str = "off", wandb_project: str = "instanceGM",
-                 run_name: str = "", config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        wandb_mode: str = "off",
+        wandb_project: str = "instanceGM",
+        run_name: str = "",
+        config: dict | None = None,
+    ):
         self.path = run_dir / "metrics.jsonl"
         self.wandb = None
         if wandb_mode != "off":
             import wandb  # imported only when asked for
 
-            self.wandb = wandb.init(project=wandb_project, name=run_name, config=config, mode=wandb_mode,
-                                    dir=str(run_dir), resume="allow", id=run_name or None)
+            self.wandb = wandb.init(
+                project=wandb_project,
+                name=run_name,
+                config=config,
+                mode=wandb_mode,
+                dir=str(run_dir),
+                resume="allow",
+                id=run_name or None,
+            )
             self.wandb.define_metric("epoch")
             self.wandb.define_metric("*", step_metric="epoch")
 
@@ -102,8 +115,12 @@ class MetricSink:
             return
         import wandb
 
-        self.wandb.log({key: [wandb.Image(img.permute(1, 2, 0).numpy(), caption=c)
-                              for img, c in zip(images, captions)], "epoch": epoch})
+        self.wandb.log(
+            {
+                key: [wandb.Image(img.permute(1, 2, 0).numpy(), caption=c) for img, c in zip(images, captions)],
+                "epoch": epoch,
+            }
+        )
 
     def close(self) -> None:
         if self.wandb is not None:

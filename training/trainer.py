@@ -72,9 +72,19 @@ class Split:
 
 
 class CoTrainer:
-    def __init__(self, cfg: Config, data, peers: list[Peer], device: torch.device,
-                 autocast: Callable, sink: MetricSink, run_dir: Path, start_epoch: int = 0,
-                 history: list[dict] | None = None, best: dict | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        data,
+        peers: list[Peer],
+        device: torch.device,
+        autocast: Callable,
+        sink: MetricSink,
+        run_dir: Path,
+        start_epoch: int = 0,
+        history: list[dict] | None = None,
+        best: dict | None = None,
+    ):
         self.cfg, self.data, self.peers, self.device = cfg, data, peers, device
         self.autocast, self.sink, self.run_dir = autocast, sink, run_dir
         self.start_epoch = start_epoch
@@ -157,17 +167,23 @@ class CoTrainer:
     def divide(self, peer: Peer, record: dict) -> Split:
         """Per-sample losses of ``peer.net`` -> min-max normalise -> GMM -> clean probability (SPEC §3.3)."""
         cfg = self.cfg
-        losses, indices = dividemix.per_sample_losses(peer.net, self.data.eval_train_loader(self.eval_batch),
-                                                      self.data.num_train, self.device, self.autocast)
+        losses, indices = dividemix.per_sample_losses(
+            peer.net,
+            self.data.eval_train_loader(self.eval_batch),
+            self.data.num_train,
+            self.device,
+            self.autocast,
+        )
         norm = dividemix.normalise_losses(losses)
         gmm_input = norm
         if len(indices) == self.data.num_train:  # history only makes sense over the same (full) sample set
-            peer.loss_history = (peer.loss_history + [norm])[-cfg.loss_history:]
+            peer.loss_history = (peer.loss_history + [norm])[-cfg.loss_history :]
             if cfg.noise_mode != "real" and math.isclose(cfg.r, cfg.history_noise_rate):
                 # NOTE(original): at r = 0.9 the GMM sees the mean of the last 5 epochs' losses.
                 gmm_input = torch.stack(peer.loss_history).mean(0)
-        gmm = dividemix.gmm_clean_probability(gmm_input, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol,
-                                              reg_covar=cfg.gmm_reg_covar)
+        gmm = dividemix.gmm_clean_probability(
+            gmm_input, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
+        )
         labeled, labeled_prob, unlabeled = dividemix.co_divide(gmm.prob, indices, cfg.p_threshold)
         if len(labeled) == 0:
             # Documented recovery: an empty labeled set cannot drive an epoch; keep the B most likely clean.
@@ -176,8 +192,12 @@ class CoTrainer:
             keep = torch.zeros(len(indices), dtype=torch.bool)
             keep[top] = True
             labeled, labeled_prob, unlabeled = indices[keep], gmm.prob[keep], indices[~keep]
-            log.warning("%s: no sample above p_threshold=%.3g; using the %d most likely clean samples as labeled",
-                        peer.name, cfg.p_threshold, k)
+            log.warning(
+                "%s: no sample above p_threshold=%.3g; using the %d most likely clean samples as labeled",
+                peer.name,
+                cfg.p_threshold,
+                k,
+            )
         record[f"split/{peer.name}/labeled"] = len(labeled)
         record[f"split/{peer.name}/gmm_clean_mean"] = gmm.means[0]
         record[f"split/{peer.name}/gmm_noisy_mean"] = gmm.means[1]
@@ -217,19 +237,46 @@ class CoTrainer:
                 u1, u2 = self._prep(u1), self._prep(u2)
             lambda_u = dividemix.linear_rampup(epoch + i / num_iter, cfg.warm_up, cfg.lambda_u, cfg.rampup_length)
             with self.autocast():
-                dm = dividemix.step(peer.net, other.net, x1, x2, y, w, u1, u2, num_classes=cfg.num_classes,
-                                    T=cfg.T, alpha=cfg.alpha, lambda_u=lambda_u, mix_unlabeled=cfg.mix_unlabeled)
+                dm = dividemix.step(
+                    peer.net,
+                    other.net,
+                    x1,
+                    x2,
+                    y,
+                    w,
+                    u1,
+                    u2,
+                    num_classes=cfg.num_classes,
+                    T=cfg.T,
+                    alpha=cfg.alpha,
+                    lambda_u=lambda_u,
+                    mix_unlabeled=cfg.mix_unlabeled,
+                )
             loss = dm.loss
             logs = {"dm/lx": dm.lx, "dm/lu": dm.lu, "dm/penalty": dm.penalty, "dm/loss": dm.loss}
             if peer.vae is not None:
                 xv, yv = self._vae_batch(x1, y, u1, uy)
-                gen = generative.step(peer.vae, peer.net, xv, yv, num_classes=cfg.num_classes,
-                                      weights=self._vae_weights(), encoder_on_noisy_label=cfg.encoder_on_noisy_label,
-                                      autocast=self.autocast)
+                gen = generative.step(
+                    peer.vae,
+                    peer.net,
+                    xv,
+                    yv,
+                    num_classes=cfg.num_classes,
+                    weights=self._vae_weights(),
+                    encoder_on_noisy_label=cfg.encoder_on_noisy_label,
+                    autocast=self.autocast,
+                )
                 loss = loss + gen.loss
-                logs.update({"vae/loss": gen.loss, "vae/recon": gen.recon, "vae/noisy_label_ce": gen.noisy_label_ce,
-                             "vae/y_prior": gen.y_prior, "vae/kl_z": gen.kl_z,
-                             "vae/noisy_label_acc": gen.noisy_label_acc})
+                logs.update(
+                    {
+                        "vae/loss": gen.loss,
+                        "vae/recon": gen.recon,
+                        "vae/noisy_label_ce": gen.noisy_label_ce,
+                        "vae/y_prior": gen.y_prior,
+                        "vae/kl_z": gen.kl_z,
+                        "vae/noisy_label_acc": gen.noisy_label_acc,
+                    }
+                )
             self._optimize(loss, peer.opt, peer.opt_vae)
             meters.update(loss=loss, **logs)
             seen += x1.size(0) + (u1.size(0) if u1 is not None else 0)
@@ -299,9 +346,14 @@ class CoTrainer:
     # ================================================================ helpers =================================
     def _vae_weights(self) -> dict:
         c = self.cfg
-        return dict(recon_weight=c.recon_weight, noisy_label_weight=c.noisy_label_weight,
-                    y_prior_weight=c.y_prior_weight, kl_weight=c.kl_weight, kl_reduction=c.kl_reduction,
-                    y_prior=c.y_prior)
+        return dict(
+            recon_weight=c.recon_weight,
+            noisy_label_weight=c.noisy_label_weight,
+            y_prior_weight=c.y_prior_weight,
+            kl_weight=c.kl_weight,
+            kl_reduction=c.kl_reduction,
+            y_prior=c.y_prior,
+        )
 
     def _vae_batch(self, x1: Tensor, y: Tensor, u1: Tensor | None, uy: Tensor | None) -> tuple[Tensor, Tensor]:
         """The generative step's batch: fresh 2B random training samples (original) or the DivideMix batch."""
@@ -371,8 +423,12 @@ class CoTrainer:
         ckpt_lib.save_atomic(state, self.run_dir / ckpt_lib.FILENAME)
 
     def format_epoch(self, r: dict) -> str:
-        parts = [f"epoch {r['epoch'] + 1}/{self.cfg.num_epochs} [{r['phase']}]",
-                 f"test {r['test/acc']:.2f}% (" + ", ".join(f"{p.name} {r[f'test/{p.name}/acc']:.2f}" for p in self.peers) + ")"]
+        parts = [
+            f"epoch {r['epoch'] + 1}/{self.cfg.num_epochs} [{r['phase']}]",
+            f"test {r['test/acc']:.2f}% ("
+            + ", ".join(f"{p.name} {r[f'test/{p.name}/acc']:.2f}" for p in self.peers)
+            + ")",
+        ]
         if r["phase"] == "train":
             parts.append("labeled " + "/".join(str(r[f"split/{p.name}/labeled"]) for p in self.peers))
             if f"split/{self.peers[0].name}/auc" in r:
@@ -386,4 +442,3 @@ class CoTrainer:
             parts.append(f"ce {r[f'train/{p}/warmup/ce']:.3f}")
         parts.append(f"{r['time/epoch_s']:.1f}s")
         return " | ".join(parts)
-
