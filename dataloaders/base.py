@@ -9,7 +9,6 @@ method                    samples                                    yields
 ``eval_train_loader``     all training samples, test transform       ``(x, noisy_y, idx)``
 ``labeled_loader``        given indices (+ clean probability), 2 views ``(x1, x2, noisy_y, w, idx)``
 ``unlabeled_loader``      given indices, 2 views                     ``(u1, u2, noisy_y, idx)``
-``co_divide``             clean probability > threshold -> the two   (labeled_loader, unlabeled_loader)
 ``test_loader``           clean test set, test transform             ``(x, y)``
 ``vae_batches``           endless: fresh random distinct samples     ``(x, noisy_y, idx)``
 ========================  =========================================  ===============================
@@ -56,6 +55,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is missing or incomplete; the message names the expected layout and where to get it."""
 
 
+class DataConfigError(ValueError):
+    """A data setting the run cannot use (dataset name, --num_class, noise file, subset); the one-line
+    message says what to pass instead."""
+
+
 class _ArrayViews(Dataset):
     """Per-sample PIL path over an in-memory uint8 (N, H, W, C) array.
 
@@ -87,6 +91,8 @@ class _ArrayViews(Dataset):
         if seed is None:
             out = [self.transform(img) for _ in range(self.views)]
         else:
+            # DIVERGES(original): its worker RNGs were unseeded; here each sample's transform is seeded from
+            # the module generator (via the sampler), so runs repeat and resume exactly, for any num_workers.
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)
                 out = [self.transform(img) for _ in range(self.views)]
@@ -238,25 +244,6 @@ class NoisyDataModule:
     def unlabeled_loader(self, indices: Tensor, batch_size: int):
         raise NotImplementedError
 
-    def co_divide(
-        self, clean_prob: Tensor, threshold: float, batch_size: int, sample_ids: Tensor | None = None
-    ):
-        """DivideMix's split: samples with clean probability > ``threshold`` are labeled (weighted by it),
-        the rest unlabeled. ``sample_ids`` names the training positions ``clean_prob`` refers to (default:
-        all samples in order, what ``eval_train_loader`` covers).
-
-        Returns ``(labeled_loader, unlabeled_loader)``.
-        """
-        prob = torch.as_tensor(clean_prob, dtype=torch.float32).cpu()
-        ids = torch.arange(len(prob)) if sample_ids is None else torch.as_tensor(sample_ids).long().cpu()
-        if len(ids) != len(prob):
-            raise ValueError(f"{len(prob)} clean probabilities for {len(ids)} sample ids")
-        pred = prob > threshold  # strict, as DivideMix's `prob > args.p_threshold`
-        return (
-            self.labeled_loader(ids[pred], prob[pred], batch_size),
-            self.unlabeled_loader(ids[~pred], batch_size),
-        )
-
     def test_loader(self, batch_size: int):
         raise NotImplementedError
 
@@ -314,9 +301,7 @@ class InMemoryDataModule(NoisyDataModule):
             raise ValueError(f"pipeline {pipeline!r}: choose 'device' or 'pil'")
         for what, images in (("train", train_images), ("test", test_images), ("val", val_images)):
             if images is not None and (images.ndim != 4 or images.dtype != np.uint8):
-                raise ValueError(
-                    f"{what} images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
-                )
+                raise ValueError(f"{what} images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         if len(train_images) != len(noisy_labels):
             raise ValueError(f"{len(train_images)} training images but {len(noisy_labels)} labels")
         if len(test_images) != len(test_labels):
@@ -448,9 +433,7 @@ class InMemoryDataModule(NoisyDataModule):
         images = self._np_test if which == "test" else self._np_val
         idx = torch.arange(len(labels))
         if self.pipeline == "device":
-            return self._tensor(
-                which, idx, batch_size, shuffle=False, augment=False, labels=labels, with_index=False
-            )
+            return self._tensor(which, idx, batch_size, shuffle=False, augment=False, labels=labels, with_index=False)
         return self._pil(images, labels, idx, batch_size, shuffle=False, augment=False, with_index=False)
 
     def test_loader(self, batch_size: int):
@@ -471,9 +454,7 @@ class InMemoryDataModule(NoisyDataModule):
                 x = to_float(device_augment(self._train[idx_dev], self.aug, self.generator))
                 yield x, self._labels_dev[idx_dev], idx
         else:
-            ds = _ArrayViews(
-                self._np_train, self.noisy_labels, pool, pil_train_transform(self.image_size, self.aug), 1
-            )
+            ds = _ArrayViews(self._np_train, self.noisy_labels, pool, pil_train_transform(self.image_size, self.aug), 1)
             loader = DataLoader(
                 ds,
                 batch_sampler=_RandomBatchSampler(len(pool), batch_size, self.generator),
@@ -498,7 +479,10 @@ def select_subset(labels: np.ndarray, size: int, num_classes: int, balanced: boo
         return np.arange(size)
     per_class = size // num_classes
     if per_class == 0:
-        raise ValueError(f"a balanced subset of {size} samples has no room for {num_classes} classes")
+        raise DataConfigError(
+            f"--train_subset {size} --balanced_subset: no room for {num_classes} classes; "
+            f"pass at least --train_subset {num_classes}"
+        )
     labels = np.asarray(labels)
     picks = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(picks))

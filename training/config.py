@@ -32,6 +32,7 @@ class Config:
     num_classes: int = 10  # K: number of classes (original flag --num_class)
     train_subset: int = 0  # use only the first N training samples (0: all); for quick runs
     balanced_subset: bool = False  # with train_subset: take N/K samples of each class instead of the first N
+    test_subset: int = 0  # evaluate on the first N test images only (0: all); for quick CPU runs
     data_pipeline: str = "auto"  # auto | device (batched augmentation on the device) | pil (per-sample PIL)
     num_workers: int = 4  # DataLoader workers for the per-sample (PIL) pipelines
     saved: bool = True  # Animal-10N: reuse the decoded-image cache (original flag; parsed as a real boolean)

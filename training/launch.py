@@ -188,10 +188,11 @@ def _log_samples(sink: MetricSink, data) -> None:
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from dataloaders.base import DatasetNotFoundError
+    from dataloaders.base import DataConfigError, DatasetNotFoundError
 
     errors: list[type[BaseException]] = [
         ConfigError,
+        DataConfigError,
         ckpt_lib.CheckpointError,
         DatasetNotFoundError,
         TrainingDiverged,

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.config import ConfigError
+
 log = logging.getLogger("training")
 
 
@@ -25,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
     return device
 
 
@@ -46,7 +48,7 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
         return contextlib.nullcontext
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if amp == "fp16" and device.type != "cuda":
-        raise RuntimeError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or off")
+        raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or off")
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
