@@ -109,19 +109,20 @@ class _KeySampler(Sampler):
     The shuffle and one base seed per pass come from the module generator, in the main process.
     """
 
-    def __init__(self, n: int, generator: torch.Generator, *, shuffle: bool, seeded: bool):
+    def __init__(self, n: int, generator: torch.Generator, *, shuffle: bool, seeded: bool, shard=None):
         self.n, self.generator, self.shuffle, self.seeded = n, generator, shuffle, seeded
+        self.shard = shard  # the module's shard_order (multi-process), or None
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.shard is None else len(self.shard(torch.arange(self.n), pad=self.shuffle))
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
-        if not self.seeded:
-            yield from ((pos, None) for pos in order)
-            return
-        base = int(torch.randint(0, _SEED_RANGE, (1,), generator=self.generator))
-        yield from ((pos, base + k) for k, pos in enumerate(order))
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        base = int(torch.randint(0, _SEED_RANGE, (1,), generator=self.generator)) if self.seeded else None
+        keys = [(int(pos), None if base is None else base + k) for k, pos in enumerate(order)]
+        if self.shard is not None:  # same global order on every rank; each keeps its own slice
+            keys = [keys[int(k)] for k in self.shard(torch.arange(len(keys)), pad=self.shuffle)]
+        yield from keys
 
 
 class _RandomBatchSampler(Sampler):
@@ -129,14 +130,17 @@ class _RandomBatchSampler(Sampler):
     the original got by creating a new shuffled DataLoader iterator every step and keeping its first batch
     (SPEC §3.5, §8 item 19), without the rebuild."""
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
         while True:
-            pos = torch.randperm(self.n, generator=self.generator)[: self.batch_size].tolist()
+            # Multi-process: one draw of world_size * batch distinct samples, each rank its own slice.
+            pos = torch.randperm(self.n, generator=self.generator)[: self.batch_size * self.world_size].tolist()
             base = int(torch.randint(0, _SEED_RANGE, (1,), generator=self.generator))
-            yield [(p, base + k) for k, p in enumerate(pos)]
+            keys = [(p, base + k) for k, p in enumerate(pos)]
+            yield keys[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
 
 class _OnDevice:
@@ -185,13 +189,14 @@ class _TensorLoader:
         self.weights, self.with_index = weights, with_index
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
+        return math.ceil(len(self.m.shard_order(torch.arange(len(self.indices)), pad=self.shuffle)) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple]:
+        gen, dev = self.m.aug_generator, self.images.device
         n = len(self.indices)
-        gen, dev = self.m.generator, self.images.device
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        order = torch.randperm(n, generator=self.m.generator) if self.shuffle else torch.arange(n)
+        order = self.m.shard_order(order, pad=self.shuffle)
+        for start in range(0, len(order), self.batch_size):
             pos = order[start : start + self.batch_size]
             idx = self.indices[pos]
             idx_dev = idx.to(dev, non_blocking=True)
@@ -260,12 +265,41 @@ class NoisyDataModule:
 
     # Randomness of the data side (shuffles, augmentation, subsets): saved with every checkpoint.
     generator: torch.Generator
+    # Multi-process runs: every rank draws the same shuffles/subsets from ``generator`` and keeps its own
+    # shard; augmentations come from a per-rank generator so the ranks' crops are independent.
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def aug_generator(self) -> torch.Generator:
+        return getattr(self, "_aug_generator", None) or self.generator
+
+    def set_distributed(self, rank: int, world_size: int, seed: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1:
+            self._aug_generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+
+    def shard_order(self, order: Tensor, pad: bool) -> Tensor:
+        """This rank's part of a global sample order (DistributedSampler semantics): with ``pad`` (training
+        loaders) the order wraps around so every rank gets the same number of samples, hence of steps;
+        evaluation shards are not padded (their results are gathered)."""
+        if self.world_size == 1:
+            return order
+        if pad and len(order) % self.world_size:
+            extra = self.world_size - len(order) % self.world_size
+            order = torch.cat([order, order.repeat(extra // max(len(order), 1) + 1)[:extra]])
+        return order[self.rank :: self.world_size]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.aug_generator is not self.generator:
+            state["aug_generator"] = self.aug_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if "aug_generator" in state and self.aug_generator is not self.generator:
+            self.aug_generator.set_state(state["aug_generator"])
 
 
 def _long(labels) -> Tensor | None:
@@ -374,7 +408,10 @@ class InMemoryDataModule(NoisyDataModule):
         loader = DataLoader(
             ds,
             batch_size=batch_size,
-            sampler=_KeySampler(len(ds), self.generator, shuffle=shuffle, seeded=augment),
+            sampler=_KeySampler(
+                len(ds), self.generator, shuffle=shuffle, seeded=augment,
+                shard=self.shard_order if self.world_size > 1 else None,
+            ),
             num_workers=self.num_workers,
             generator=self.generator,  # worker base seeds: keeps the global RNG untouched
             pin_memory=self.device.type == "cuda",
@@ -446,18 +483,20 @@ class InMemoryDataModule(NoisyDataModule):
         """Endless fresh batches of ``batch_size`` distinct random training samples (from ``indices``, default
         all), train augmentation. One generator for the whole run: no loader is built per step."""
         pool = self._all if indices is None else torch.as_tensor(indices).long().cpu()
-        batch_size = min(batch_size, len(pool))
+        batch_size = min(batch_size, max(len(pool) // self.world_size, 1))
         if self.pipeline == "device":
             while True:
-                idx = pool[torch.randperm(len(pool), generator=self.generator)[:batch_size]]
+                # Multi-process: one draw of world_size * batch distinct samples, each rank its own slice.
+                perm = torch.randperm(len(pool), generator=self.generator)[: batch_size * self.world_size]
+                idx = pool[perm[self.rank * batch_size : (self.rank + 1) * batch_size]]
                 idx_dev = idx.to(self.device, non_blocking=True)
-                x = to_float(device_augment(self._train[idx_dev], self.aug, self.generator))
+                x = to_float(device_augment(self._train[idx_dev], self.aug, self.aug_generator))
                 yield x, self._labels_dev[idx_dev], idx
         else:
             ds = _ArrayViews(self._np_train, self.noisy_labels, pool, pil_train_transform(self.image_size, self.aug), 1)
             loader = DataLoader(
                 ds,
-                batch_sampler=_RandomBatchSampler(len(pool), batch_size, self.generator),
+                batch_sampler=_RandomBatchSampler(len(pool), batch_size, self.generator, self.rank, self.world_size),
                 num_workers=self.num_workers,
                 generator=self.generator,
                 pin_memory=self.device.type == "cuda",

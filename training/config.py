@@ -106,6 +106,7 @@ class Config:
     wandb: str = "off"  # off | offline | online
     wandb_project: str = "instanceGM"  # wandb project name
     log_interval: int = 50  # steps between progress-bar/loss updates (each one is a host sync)
+    sync_bn: bool = False  # multi-process runs: SyncBatchNorm across processes (off: per-process BN, as on one GPU)
     smoke: bool = False  # tiny wiring run: a few batches, two epochs, CPU when no GPU, wandb off
 
     # ------------------------------------------------------------------
@@ -179,6 +180,8 @@ ALIASES: dict[str, str] = {
     "vae_learning_rate": "vae_lr",
     "epochs": "num_epochs",
     "warmup": "warm_up",
+    # torchrun's own parser takes "--r" for an abbreviation of its --rdzv* options: use --noise_rate there.
+    "noise_rate": "r",
 }
 # Flags the original scripts accepted that carry no information here; accepted so old commands still run.
 IGNORED_FLAGS = ("id", "gpuid")

@@ -9,8 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from training import checkpoint as ckpt_lib
+from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
 from training.metrics import MetricSink, truncate_jsonl
 from training.runtime import (
@@ -43,14 +45,15 @@ def apply_smoke(cfg: Config) -> Config:
     ).validate()
 
 
-def setup_logging(run_dir: Path | None = None) -> None:
+def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
+    """Console log (and ``run_dir/log.txt``); ``quiet`` (ranks other than 0) keeps warnings only."""
     root = logging.getLogger()
     if not any(getattr(h, "_instancegm", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._instancegm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
     for h in [h for h in root.handlers if getattr(h, "_instancegm_file", False)]:
         root.removeHandler(h)  # one run folder per run, also when several runs share a process (tests)
         h.close()
@@ -93,7 +96,7 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
     return peers
 
 
-def prepare_run_dir(cfg: Config) -> tuple[Path, Path | None]:
+def prepare_run_dir(cfg: Config, create: bool = True) -> tuple[Path, Path | None]:
     """The run folder, and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
     run_dir = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
     existing = run_dir / ckpt_lib.FILENAME
@@ -110,69 +113,122 @@ def prepare_run_dir(cfg: Config) -> tuple[Path, Path | None]:
                 f"{run_dir} already holds a run (checkpoint.pt); continue it with --resume auto, "
                 "or start another with --run_name NAME"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, resume
 
 
 def main_run(cfg: Config) -> dict:
-    """Everything after parsing: usable from Python (tests, benchmarks) with a Config."""
+    """Everything after parsing: usable from Python (tests, benchmarks) with a Config.
+
+    Under torchrun every process runs this; rank 0 alone writes the run folder's files.
+    """
     from dataloaders import build_data
 
     cfg = apply_smoke(cfg.validate())
-    run_dir, resume_path = prepare_run_dir(cfg)
-    setup_logging(run_dir)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
-    autocast = autocast_factory(cfg.amp, device)
-    log.info("run folder %s | device %s | method %s", run_dir, device, cfg.method)
-
-    data = build_data(cfg, device)
-    peers = build_peers(cfg, device)
-    start_epoch, history, best, vae_pool = 0, [], {}, None
-    if resume_path is not None:
-        state = ckpt_lib.load(resume_path)
-        ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
-        for peer in peers:
-            peer.load_state_dict(state["peers"][peer.name])
-        data.load_state_dict(state["data"])
-        restore_rng_state(state["rng"])
-        start_epoch, history, best, vae_pool = (
-            state["epoch"] + 1,
-            state["history"],
-            state["best"],
-            state["vae_pool"],
-        )
-        truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
-
-    info = {
-        "config": cfg.to_dict(),
-        "noise": getattr(data, "noise_info", {}),
-        "environment": environment_info(device),
-        "num_train": data.num_train,
-    }
-    atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
-    sink = MetricSink(run_dir, cfg.wandb, cfg.wandb_project, run_dir.name, info)
-    if start_epoch == 0:
-        _log_samples(sink, data)
-    trainer = CoTrainer(cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best)
-    trainer._vae_pool = vae_pool
+    info_dist = dist_lib.init_distributed(cfg.device)
+    main = info_dist.is_main
     try:
-        summary = trainer.fit()
-    finally:
-        sink.close()
-    summary["run_dir"] = str(run_dir)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    acc = summary.get("test/acc", {})
-    if acc:
+        run_dir, resume_path = prepare_run_dir(cfg, create=main)
+        setup_logging(run_dir if main else None, quiet=not main)
+        device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
+        # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
+        seed_everything(cfg.seed + info_dist.rank, cfg.deterministic)
+        autocast = autocast_factory(cfg.amp, device)
         log.info(
-            "done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
-            acc["last"],
-            acc["best"],
-            acc["best_epoch"] + 1,
-            acc["mean_last10"],
+            "run folder %s | device %s | method %s | processes %d", run_dir, device, cfg.method, info_dist.world_size
         )
-    return summary
+
+        # Rank 0 first: it may generate and cache the noisy labels, which the others then read.
+        if not main:
+            dist_lib.barrier(info_dist)
+        data = build_data(cfg, device)
+        if main:
+            dist_lib.barrier(info_dist)
+        data.set_distributed(info_dist.rank, info_dist.world_size, cfg.seed)
+        peers = build_peers(cfg, device)
+        start_epoch, history, best, vae_pool = 0, [], {}, None
+        if resume_path is not None:
+            state = ckpt_lib.load(resume_path)
+            ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
+            for peer in peers:
+                peer.load_state_dict(state["peers"][peer.name])
+            data.load_state_dict(state["data"])
+            if info_dist.enabled:  # per-process streams cannot be restored from rank 0's: reseed them apart
+                seed_everything(cfg.seed + info_dist.rank + 7919 * (state["epoch"] + 1), cfg.deterministic)
+            else:
+                restore_rng_state(state["rng"])
+            start_epoch, history, best, vae_pool = (
+                state["epoch"] + 1,
+                state["history"],
+                state["best"],
+                state["vae_pool"],
+            )
+            if main:
+                truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
+            log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+        wrap_distributed(peers, cfg, info_dist, device)
+
+        info = {
+            "config": cfg.to_dict(),
+            "noise": getattr(data, "noise_info", {}),
+            "environment": environment_info(device) | {"processes": info_dist.world_size},
+            "num_train": data.num_train,
+        }
+        if main:
+            atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
+        sink = MetricSink(run_dir, cfg.wandb if main else "off", cfg.wandb_project, run_dir.name, info)
+        if start_epoch == 0 and main:
+            _log_samples(sink, data)
+        trainer = CoTrainer(
+            cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best, dist_info=info_dist
+        )
+        trainer._vae_pool = vae_pool
+        try:
+            summary = trainer.fit()
+        finally:
+            sink.close()
+        summary["run_dir"] = str(run_dir)
+        if main:
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        acc = summary.get("test/acc", {})
+        if acc:
+            log.info(
+                "done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
+                acc["last"],
+                acc["best"],
+                acc["best_epoch"] + 1,
+                acc["mean_last10"],
+            )
+        return summary
+    finally:
+        dist_lib.cleanup(info_dist)
+
+
+def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, device: torch.device) -> None:
+    """DistributedDataParallel around each net and generative model (optionally with SyncBatchNorm).
+
+    The classifier runs two forwards with gradient per step (MixMatch and the generative model's Gumbel
+    sample) before the one backward; autograd sums a parameter's gradient before DDP's hook sees it, so one
+    all-reduce per step covers both.
+    """
+    if not info.enabled:
+        if cfg.sync_bn:
+            log.warning("--sync_bn has no effect in a single process")
+        return
+    if cfg.sync_bn and device.type != "cuda":
+        raise ConfigError("--sync_bn needs CUDA devices (NCCL); drop it for CPU (gloo) runs")
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    for peer in peers:
+        if cfg.sync_bn:
+            peer.net = nn.SyncBatchNorm.convert_sync_batchnorm(peer.net)
+        peer.ddp_net = DDP(peer.net, device_ids=ids)
+        if peer.vae is not None:
+            if cfg.sync_bn:
+                peer.vae = nn.SyncBatchNorm.convert_sync_batchnorm(peer.vae)
+            peer.ddp_vae = DDP(peer.vae, device_ids=ids)
 
 
 def _log_samples(sink: MetricSink, data) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint as ckpt_lib
+from training import distributed as dist_lib
 from training import dividemix, generative
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
@@ -41,6 +42,17 @@ class Peer:
     vae: nn.Module | None = None
     opt_vae: torch.optim.Optimizer | None = None
     loss_history: list[Tensor] = field(default_factory=list)  # recent normalised per-sample losses
+    ddp_net: nn.Module | None = None  # DistributedDataParallel wrappers in multi-process runs
+    ddp_vae: nn.Module | None = None
+
+    @property
+    def train_net(self) -> nn.Module:
+        """The module to run forwards with gradient through (the DDP wrapper when there is one)."""
+        return self.ddp_net if self.ddp_net is not None else self.net
+
+    @property
+    def train_vae(self) -> nn.Module | None:
+        return self.ddp_vae if self.ddp_vae is not None else self.vae
 
     def state_dict(self) -> dict:
         return {
@@ -84,9 +96,11 @@ class CoTrainer:
         start_epoch: int = 0,
         history: list[dict] | None = None,
         best: dict | None = None,
+        dist_info: dist_lib.DistInfo = dist_lib.SINGLE,
     ):
         self.cfg, self.data, self.peers, self.device = cfg, data, peers, device
         self.autocast, self.sink, self.run_dir = autocast, sink, run_dir
+        self.dist = dist_info
         self.start_epoch = start_epoch
         self.history: list[dict] = list(history or [])
         self.best: dict = dict(best or {})  # best-validation accuracy per peer (select_on_val)
@@ -120,9 +134,10 @@ class CoTrainer:
             record.update(self.evaluate(epoch))
             record["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(record)
-            self.sink.log_epoch(record)
-            log.info(self.format_epoch(record))
-            self.save_checkpoint(epoch)
+            if self.dist.is_main:
+                self.sink.log_epoch(record)
+                log.info(self.format_epoch(record))
+                self.save_checkpoint(epoch)
         return self.finish()
 
     # ================================================================ phases ==================================
@@ -148,7 +163,7 @@ class CoTrainer:
         for i, (x, y, _idx) in enumerate(bar):
             x = self._prep(x)
             with self.autocast():
-                logits = peer.net(x)
+                logits = peer.train_net(x)
             loss, ce = dividemix.warmup_loss(logits, y, cfg.warmup_penalty)
             self._optimize(loss, peer.opt)
             meters.update(loss=loss, ce=ce)
@@ -174,6 +189,8 @@ class CoTrainer:
             self.device,
             self.autocast,
         )
+        # Multi-process: every rank evaluated its shard; the divide is global, in dataset-index order.
+        losses, indices = dist_lib.gather_by_index(self.dist, losses, indices)
         norm = dividemix.normalise_losses(losses)
         gmm_input = norm
         if len(indices) == self.data.num_train:  # history only makes sense over the same (full) sample set
@@ -181,9 +198,12 @@ class CoTrainer:
             if cfg.noise_mode != "real" and math.isclose(cfg.r, cfg.history_noise_rate):
                 # NOTE(original): at r = 0.9 the GMM sees the mean of the last 5 epochs' losses.
                 gmm_input = torch.stack(peer.loss_history).mean(0)
-        gmm = dividemix.gmm_clean_probability(
-            gmm_input, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
-        )
+        gmm = dividemix.GMMSplit(torch.zeros(len(indices)), (math.nan, math.nan), False)
+        if self.dist.is_main:  # fitted once; every rank gets rank 0's clean probabilities
+            gmm = dividemix.gmm_clean_probability(
+                gmm_input, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
+            )
+        gmm = gmm._replace(prob=dist_lib.broadcast(self.dist, gmm.prob))
         labeled, labeled_prob, unlabeled = dividemix.co_divide(gmm.prob, indices, cfg.p_threshold)
         if len(labeled) == 0:
             # Documented recovery: an empty labeled set cannot drive an epoch; keep the B most likely clean.
@@ -211,7 +231,7 @@ class CoTrainer:
         """One DivideMix + generative epoch of ``peer`` on the split chosen by ``other`` (SPEC §3.4-3.5)."""
         cfg = self.cfg
         B = cfg.batch_size
-        peer.net.train()
+        peer.train_net.train()
         other.net.eval()
         if peer.vae is not None:
             peer.vae.train()
@@ -220,7 +240,8 @@ class CoTrainer:
         if unlabeled is None:
             log.warning("%s: the unlabeled set is empty; training on the labeled samples only", peer.name)
         u_iter = iter(unlabeled) if unlabeled is not None else None
-        num_iter = len(split.labeled) // B + 1  # NOTE(original): the ramp's denominator, one more than needed
+        # NOTE(original): the ramp's denominator is one more than the number of steps; per process under DDP.
+        num_iter = math.ceil(len(split.labeled) / self.dist.world_size) // B + 1
         meters = RunningMeans()
         seen, t0 = 0, time.perf_counter()
         bar = self._bar(labeled, f"epoch {epoch} train {peer.name}")
@@ -238,7 +259,7 @@ class CoTrainer:
             lambda_u = dividemix.linear_rampup(epoch + i / num_iter, cfg.warm_up, cfg.lambda_u, cfg.rampup_length)
             with self.autocast():
                 dm = dividemix.step(
-                    peer.net,
+                    peer.train_net,
                     other.net,
                     x1,
                     x2,
@@ -257,8 +278,8 @@ class CoTrainer:
             if peer.vae is not None:
                 xv, yv = self._vae_batch(x1, y, u1, uy)
                 gen = generative.step(
-                    peer.vae,
-                    peer.net,
+                    peer.train_vae,
+                    peer.train_net,
                     xv,
                     yv,
                     num_classes=cfg.num_classes,
@@ -301,22 +322,24 @@ class CoTrainer:
                     acc = val[f"val/{peer.name}/acc"]
                     if acc > self.best.get(peer.name, {}).get("acc", -1.0):
                         self.best[peer.name] = {"acc": acc, "epoch": epoch}
-                        ckpt_lib.save_atomic(peer.net.state_dict(), self.run_dir / f"best_{peer.name}.pt")
+                        if self.dist.is_main:
+                            ckpt_lib.save_atomic(peer.net.state_dict(), self.run_dir / f"best_{peer.name}.pt")
         return out
 
     def _accuracy(self, loader, prefix: str) -> dict[str, float]:
         for peer in self.peers:
             peer.net.eval()
-        correct = torch.zeros(len(self.peers) + 1, device=self.device)
-        total = 0
+        # counts[:-1]: correct predictions of the ensemble and of each net; counts[-1]: images seen
+        counts = torch.zeros(len(self.peers) + 2, device=self.device)
         for x, y in loader:
             x = self._prep(x)
             with self.autocast():
                 logits = [peer.net(x).float() for peer in self.peers]
             preds = [sum(logits).argmax(1)] + [lg.argmax(1) for lg in logits]
-            correct += torch.stack([(p == y).sum() for p in preds]).float()
-            total += y.size(0)
-        acc = (100.0 * correct / max(total, 1)).tolist()
+            counts[:-1] += torch.stack([(p == y).sum() for p in preds]).float()
+            counts[-1] += y.size(0)
+        counts = dist_lib.all_reduce_sum(self.dist, counts)  # every rank evaluated its shard
+        acc = (100.0 * counts[:-1] / counts[-1].clamp_min(1)).tolist()
         out = {f"{prefix}/acc": acc[0]}
         out.update({f"{prefix}/{peer.name}/acc": a for peer, a in zip(self.peers, acc[1:])})
         return out
@@ -328,6 +351,7 @@ class CoTrainer:
             summary[f"test/{peer.name}/acc"] = summarise(self.history, f"test/{peer.name}/acc")
         if self.cfg.select_on_val and self.best:
             # As DivideMix on Clothing1M: test the ensemble of each net's best-validation weights.
+            dist_lib.barrier(self.dist)  # rank 0 wrote them
             for peer in self.peers:
                 path = self.run_dir / f"best_{peer.name}.pt"
                 if path.exists():
@@ -401,7 +425,8 @@ class CoTrainer:
         return means
 
     def _bar(self, loader, desc: str):
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None, mininterval=2.0)
+        disable = None if self.dist.is_main else True  # None: only on a terminal
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=disable, mininterval=2.0)
 
     @staticmethod
     def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
