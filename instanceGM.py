@@ -46,6 +46,15 @@ PRESETS = {
         warm_up=10,
         **_COMMON,
     ),
+    # Not in the paper: your own images, DIR/train/<class>/* (+ DIR/test/<class>/*), the folder being the given
+    # (noisy) label; CIFAR-10's recipe at 32x32. Pass --data_path DIR --num_class K (dataloaders/imagefolder.py).
+    "imagefolder": Config(
+        dataset="imagefolder",
+        data_path="./data/images",
+        num_classes=10,
+        warm_up=10,
+        **{**_COMMON, "noise_mode": "real"},
+    ),
 }
 
 

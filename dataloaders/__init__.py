@@ -12,10 +12,14 @@ from collections.abc import Callable
 
 import torch
 
+from .animal10n import build_animal10n
 from .base import DataConfigError, DatasetNotFoundError, InMemoryDataModule, NoisyDataModule
 from .cifar import build_cifar10, build_cifar100
+from .clothing1m import build_clothing1m
 from .fashion_mnist import build_fashion_mnist
+from .imagefolder import build_imagefolder
 from .in_memory import check_num_classes
+from .red_mini import build_red_mini
 from .transforms import DATASET_STATS
 
 __all__ = [
@@ -32,6 +36,11 @@ DATASETS: dict[str, Callable[..., NoisyDataModule]] = {
     "cifar10": build_cifar10,
     "cifar100": build_cifar100,
     "fashionmnist": build_fashion_mnist,
+    "imagefolder": build_imagefolder,  # your own images in class folders (DIR/train/<class>/..., DIR/test/...)
+    "animal10n": build_animal10n,
+    "red_mini": build_red_mini,
+    "red_blue": build_red_mini,  # the original's name for Red Mini-ImageNet
+    "clothing1m": build_clothing1m,
 }
 
 

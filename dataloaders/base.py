@@ -409,7 +409,10 @@ class InMemoryDataModule(NoisyDataModule):
             ds,
             batch_size=batch_size,
             sampler=_KeySampler(
-                len(ds), self.generator, shuffle=shuffle, seeded=augment,
+                len(ds),
+                self.generator,
+                shuffle=shuffle,
+                seeded=augment,
                 shard=self.shard_order if self.world_size > 1 else None,
             ),
             num_workers=self.num_workers,

@@ -32,6 +32,8 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # Fashion-MNIST as served here: 28x28 zero-padded to 32x32 and replicated to 3 channels. Computed on the
     # 60,000 training images of that padded form (the 28x28 values are mean 0.2860, std 0.3530).
     "fashionmnist": ((0.2190,) * 3, (0.3318,) * 3),
+    # DivideMix's dataloader_clothing1M.py values (SPEC §6.4).
+    "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
 }
 
 

@@ -178,13 +178,9 @@ class NoisyLabelClassifier(_LabelAsChannelEncoder):
         return self.fc(self.features(x, y))
 
 
-def _up_block(
-    in_channels: int, out_channels: int, kernel: int, padding: int, output_padding: int
-) -> nn.Sequential:
+def _up_block(in_channels: int, out_channels: int, kernel: int, padding: int, output_padding: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.ConvTranspose2d(
-            in_channels, out_channels, kernel, stride=2, padding=padding, output_padding=output_padding
-        ),
+        nn.ConvTranspose2d(in_channels, out_channels, kernel, stride=2, padding=padding, output_padding=output_padding),
         nn.BatchNorm2d(out_channels),
         nn.LeakyReLU(LEAKY_SLOPE),
     )

@@ -69,9 +69,7 @@ class PreActResNet(nn.Module):
         self.layer4 = self._make_layer(block, 8 * width, num_blocks[3], stride=2)
         self.linear = nn.Linear(8 * width * block.expansion, num_classes)
 
-    def _make_layer(
-        self, block: type[PreActBlock], planes: int, num_blocks: int, stride: int
-    ) -> nn.Sequential:
+    def _make_layer(self, block: type[PreActBlock], planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = []
         for block_stride in [stride] + [1] * (num_blocks - 1):
             layers.append(block(self.in_planes, planes, block_stride))

@@ -72,7 +72,7 @@ def resnet50(num_classes: int, pretrained: bool = False, weights_path: str | Non
             raise PretrainedWeightsMissing(
                 f"ImageNet ResNet-50 weights not found at {weights_path}; on a machine with internet "
                 f"download {_RESNET50_WEIGHTS.url} and copy it to that path (or pass its location as "
-                "weights_path), or train from scratch with --no-pretrained."
+                "--weights_path), or train from scratch with --no-pretrained."
             )
     net = _tv_resnet50(weights=None)
     if weights_path is not None:

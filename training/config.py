@@ -35,7 +35,9 @@ class Config:
     test_subset: int = 0  # evaluate on the first N test images only (0: all); for quick CPU runs
     data_pipeline: str = "auto"  # auto | device (batched augmentation on the device) | pil (per-sample PIL)
     num_workers: int = 4  # DataLoader workers for the per-sample (PIL) pipelines
-    saved: bool = True  # Animal-10N: reuse the decoded-image cache (original flag; parsed as a real boolean)
+    saved: bool = (
+        True  # Animal-10N / Red Mini-ImageNet: reuse the decoded-image cache (original flag; parsed as a real boolean)
+    )
     num_batches: int = 1000  # Clothing1M: batches per epoch; subsets are num_batches * batch_size images
     # ---------------- label noise ----------------
     noise_mode: str = "instance"  # instance (Xia et al. IDN) | sym | asym | human (CIFAR-N file) | real

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from training import checkpoint as ckpt_lib
+from training import dashboards
 from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
 from training.metrics import MetricSink, truncate_jsonl
@@ -179,7 +180,7 @@ def main_run(cfg: Config) -> dict:
             atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
         sink = MetricSink(run_dir, cfg.wandb if main else "off", cfg.wandb_project, run_dir.name, info)
         if start_epoch == 0 and main:
-            _log_samples(sink, data)
+            dashboards.log_inputs(sink, data)
         trainer = CoTrainer(
             cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best, dist_info=info_dist
         )
@@ -229,17 +230,6 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
             if cfg.sync_bn:
                 peer.vae = nn.SyncBatchNorm.convert_sync_batchnorm(peer.vae)
             peer.ddp_vae = DDP(peer.vae, device_ids=ids)
-
-
-def _log_samples(sink: MetricSink, data) -> None:
-    if sink.wandb is None:
-        return
-    images, noisy, clean = data.sample_images(16)
-    captions = [
-        f"noisy {int(n)}" + ("" if clean is None else f" / true {int(c)}")
-        for n, c in zip(noisy, clean if clean is not None else noisy)
-    ]
-    sink.log_images("input/images", images, captions, 0)
 
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.

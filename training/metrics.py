@@ -122,6 +122,11 @@ class MetricSink:
             }
         )
 
+    def log_media(self, values: dict[str, Any], epoch: int) -> None:
+        """Log wandb objects (tables, images, histograms) against ``epoch``; a no-op without wandb."""
+        if self.wandb is not None:
+            self.wandb.log({**values, "epoch": epoch})
+
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

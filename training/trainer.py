@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint as ckpt_lib
+from training import dashboards, dividemix, generative
 from training import distributed as dist_lib
-from training import dividemix, generative
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
 from training.runtime import capture_rng_state, git_sha
@@ -101,6 +101,8 @@ class CoTrainer:
         self.cfg, self.data, self.peers, self.device = cfg, data, peers, device
         self.autocast, self.sink, self.run_dir = autocast, sink, run_dir
         self.dist = dist_info
+        # A fixed batch for the reconstruction grids (only when a dashboard is on).
+        self._recon_images = data.sample_images(dashboards.RECON_IMAGES)[0] if sink.wandb is not None else None
         self.start_epoch = start_epoch
         self.history: list[dict] = list(history or [])
         self.best: dict = dict(best or {})  # best-validation accuracy per peer (select_on_val)
@@ -136,6 +138,7 @@ class CoTrainer:
             self.history.append(record)
             if self.dist.is_main:
                 self.sink.log_epoch(record)
+                dashboards.log_reconstructions(self.sink, self.peers[0], self._recon_images, epoch)
                 log.info(self.format_epoch(record))
                 self.save_checkpoint(epoch)
         return self.finish()
@@ -217,6 +220,17 @@ class CoTrainer:
                 peer.name,
                 cfg.p_threshold,
                 k,
+            )
+        if self.dist.is_main:  # splits.pt for the plots; clean-probability histograms for the dashboard
+            dashboards.record_split(
+                self.sink,
+                self.run_dir,
+                record["epoch"],
+                peer.name,
+                gmm.prob,
+                indices,
+                self.data.is_clean,
+                losses=gmm_input,
             )
         record[f"split/{peer.name}/labeled"] = len(labeled)
         record[f"split/{peer.name}/gmm_clean_mean"] = gmm.means[0]

@@ -1,0 +1,295 @@
+"""Operations around the engine: Docker files, the CIFAR download script, dashboards (wandb offline), plots,
+your own image folders and the predict command. One tiny Fashion-MNIST run is shared by the module."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import instanceGM
+from dataloaders.base import DataConfigError
+from dataloaders.cifar import load_cifar
+from training import dashboards, plot, predict
+from training.metrics import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+# ---------------------------------------------------------------- Docker -----------------------------------
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of Dockerfile_train, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile_train").read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+def test_dockerfile_installs_exactly_the_requirements_and_runs_from_the_repository():
+    steps = _dockerfile()
+    kinds = [k for k, _ in steps]
+    assert kinds[0] == "FROM" and re.match(r"pytorch/pytorch:\S+-cuda\S+-cudnn\d+-runtime$", steps[0][1])
+    runs = " ".join(arg for k, arg in steps if k == "RUN")
+    installs = re.findall(r"pip install ([^&]*)", runs)
+    assert len(installs) == 1 and "-r requirements.txt" in installs[0]
+    assert not re.search(r"\b(conda|torch==|torchvision==)", runs.replace("'torch=='", ""))  # no second torch
+    for kind, arg in steps:
+        if kind == "COPY":
+            *sources, _dest = arg.split()
+            for src in sources:
+                assert src == "." or (ROOT / src).exists(), f"COPY source {src} is missing"
+    workdir = [arg for k, arg in steps if k == "WORKDIR"]
+    assert len(workdir) == 1 and workdir[0].startswith("/")
+    assert kinds.index("WORKDIR") < kinds.index("COPY")
+    cmd = [arg for k, arg in steps if k == "CMD"]
+    assert cmd == ['["python", "instanceGM.py", "--help"]']
+    assert "ENTRYPOINT" not in kinds  # `docker run IMAGE python instanceGM.py ...` replaces CMD
+
+
+def test_dockerignore_keeps_runs_data_environments_and_git_out():
+    patterns = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"}
+    assert {"runs", "data", ".venv", "venv", ".git", "wandb", "cifar-10", "cifar-100"} <= patterns
+    assert not patterns & {"requirements.txt", "*.py", "training", "dataloaders", "models"}
+
+
+# ---------------------------------------------------------------- cifar10.sh -------------------------------
+def _tarball(official_root: Path, folder: str, out: Path) -> tuple[Path, str]:
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(official_root / folder, arcname=folder)
+    return out, hashlib.md5(out.read_bytes()).hexdigest()
+
+
+def _script(*args: str, url: str, md5: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "CIFAR_URL": url, "CIFAR_MD5": md5}
+    return subprocess.run(
+        ["bash", str(ROOT / "cifar10.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_script_downloads_verifies_extracts_once(tmp_path, request, dataset):
+    tiny = request.getfixturevalue(f"tiny_{dataset}")
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[dataset]
+    tarball, md5 = _tarball(tiny.official, folder, tmp_path / f"{dataset}.tar.gz")
+    dest = tmp_path / "dest"
+
+    first = _script(dataset, str(dest), url=f"file://{tarball}", md5=md5)
+    assert first.returncode == 0, first.stderr
+    assert (dest / folder).is_dir() and not list(dest.glob("*.tar.gz")) and not list(dest.glob(".extract*"))
+    data = load_cifar(dest, 10 if dataset == "cifar10" else 100)  # the loader reads what the script made
+    np.testing.assert_array_equal(data.train_images, tiny.train_images)
+    np.testing.assert_array_equal(data.test_labels, tiny.test_labels)
+
+    again = _script(dataset, str(dest), url="file:///nonexistent.tar.gz", md5=md5)  # nothing is fetched
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_cifar_script_rejects_a_wrong_md5_and_reports_a_failed_download(tmp_path, tiny_cifar10):
+    tarball, _ = _tarball(tiny_cifar10.official, "cifar-10-batches-py", tmp_path / "c10.tar.gz")
+    bad = _script("cifar10", str(tmp_path / "a"), url=str(tarball), md5="0" * 32)
+    assert bad.returncode != 0 and "MD5 mismatch" in bad.stderr and "expected 00000000" in bad.stderr
+    assert not (tmp_path / "a" / "cifar-10-batches-py").exists() and not list((tmp_path / "a").glob("*.tar.gz*"))
+
+    offline = _script("cifar10", str(tmp_path / "b"), url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5="0" * 32)
+    assert offline.returncode != 0 and "could not download" in offline.stderr and "CIFAR_URL" in offline.stderr
+
+
+def test_cifar_script_md5_defaults_are_torchvision_s():
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    text = (ROOT / "cifar10.sh").read_text()
+    assert f"official_md5={CIFAR10.tgz_md5}" in text and f"official_md5={CIFAR100.tgz_md5}" in text
+
+
+# ---------------------------------------------------------------- the shared tiny run ----------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine, torch's default (one per core) runs several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """3 epochs (2 warm-up) of InstanceGM on 200 Fashion-MNIST images, wandb offline, dashboards wired in."""
+    if not FMNIST.exists():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    tmp = tmp_path_factory.mktemp("ops")
+    with pytest.MonkeyPatch.context() as mp:
+        for var, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_DIR": str(tmp / "wandb"),
+            "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+            "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+            "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+        }.items():
+            mp.setenv(var, value)
+        summary = instanceGM.main(
+            [
+                "--dataset", "fashionmnist", "--r", "0.4", "--train_subset", "200", "--test_subset", "500",
+                "--balanced_subset", "--width", "8", "--batch_size", "32", "--lr", "0.1", "--num_epochs", "3",
+                "--warm_up", "2", "--log_interval", "5",
+                "--output_dir", str(tmp / "runs"), "--noise_dir", str(tmp / "noise"), "--wandb", "offline",
+            ]
+        )  # fmt: skip
+    return Path(summary["run_dir"])
+
+
+def test_offline_wandb_run_writes_its_files(tiny_run):
+    (run,) = (tiny_run / "wandb").glob("offline-run-*")
+    (record,) = run.glob("run-*.wandb")
+    assert record.stat().st_size > 10_000  # metrics of 3 epochs, the config, tables, images, histograms
+    media = run / "files" / "media"
+    # The table's images go into the run's artifact (synced by `wandb sync`); the run keeps its layout.
+    tables = list((media / "table" / "input").glob("table_*.table.json"))
+    assert tables and json.loads(tables[0].read_text())["columns"] == [
+        "index", "image", "noisy label", "true label", "label is wrong"
+    ]  # fmt: skip
+    assert list((media / "images" / "vae" / "net1").glob("reconstructions_*.png"))
+    splits = dashboards.load_splits(tiny_run)
+    assert splits["epoch"] == 2 and set(splits["peers"]) == {"net1", "net2"}
+    for s in splits["peers"].values():
+        assert s["prob"].shape == s["indices"].shape == s["is_clean"].shape == s["losses"].shape == (200,)
+        assert 0 < s["is_clean"].float().mean() < 1
+
+
+def test_reconstruction_grid_leaves_the_rng_and_modes_alone(tiny_run):
+    cfg, peers, _ = predict.load_run(tiny_run / "checkpoint.pt", torch.device("cpu"))
+    peer = peers[0]
+    peer.net.train()
+    images = torch.rand(4, 3, 32, 32)
+    before = torch.get_rng_state()
+    grid = dashboards.reconstruction_grid(peer, images)
+    assert torch.equal(torch.get_rng_state(), before) and peer.net.training
+    assert grid.shape == (3, 3 * 34 + 2, 4 * 34 + 2) and grid.min() >= 0 and grid.max() <= 1
+    assert torch.equal(grid, dashboards.reconstruction_grid(peer, images))  # fixed noise: only the model changes
+
+
+def test_plot_command_writes_readable_pngs(tiny_run, tmp_path, capsys):
+    assert plot.main([str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    for name in ("accuracy", "losses", "split", "gmm"):
+        path = tiny_run / "plots" / f"{name}.png"
+        assert f"wrote {path}" in out and path.stat().st_size > 20_000
+        w, h = plot.FIGSIZE[name]
+        assert Image.open(path).size == (round(w * plot.DPI), round(h * plot.DPI))
+
+    # Without the saved split there is no GMM figure, and the command says why.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("metrics.jsonl", "config.json"):
+        shutil.copy(tiny_run / name, bare / name)
+    written, missing = plot.make_plots(bare)
+    assert [p.name for p in written] == ["accuracy.png", "losses.png", "split.png"]
+    assert len(missing) == 1 and "splits.pt" in missing[0]
+    assert plot.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_predict_on_the_training_set_flags_suspects(tiny_run, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    assert predict.main([str(tiny_run / "checkpoint.pt"), "--out", str(out), "--sort"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 200 and sorted(int(r["index"]) for r in rows) == list(range(200))
+    clean = [float(r["clean_prob"]) for r in rows]
+    assert clean == sorted(clean)  # --sort: most suspect first
+    for r in rows:
+        assert 0.1 - 1e-6 <= float(r["confidence"]) <= 1 and 0 <= float(r["prob_given"]) <= 1
+        assert 0 <= float(r["clean_prob"]) <= 1 and r["suspect"] == str(int(float(r["clean_prob"]) <= 0.5))
+        assert 0 <= int(r["predicted"]) < 10 and r["true_label"] != ""
+    noise = json.loads((tiny_run / "config.json").read_text())["noise"]
+    noisy_share = sum(r["given_label"] != r["true_label"] for r in rows) / 200  # the run's labels, rebuilt
+    assert noisy_share == pytest.approx(noise["subset_realised_rate"])
+    assert "suspect labels" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- your own images --------------------------
+def _write_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> None:
+    """Small PNGs of various sizes and modes; each class has its own colour so a net can learn it."""
+    rs = np.random.RandomState(seed)
+    colours = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
+    for name, count in per_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            h, w = 20 + 3 * i, 28 + i
+            pixels = np.clip(np.array(colours[name]) + rs.randint(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            (image.convert("L") if i % 4 == 3 else image).save(root / name / f"{name}_{i}.png")
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    root = tmp_path / "pets"
+    _write_folder(root / "train", {"cat": 12, "dog": 12, "fox": 12})
+    _write_folder(root / "test", {"cat": 3, "dog": 3, "fox": 3}, seed=1)
+    return root
+
+
+def test_imagefolder_trains_and_predict_scores_a_folder(image_folder, tmp_path, capsys):
+    summary = instanceGM.main(
+        [
+            "--dataset", "imagefolder", "--data_path", str(image_folder), "--num_class", "3", "--width", "8",
+            "--batch_size", "8", "--num_epochs", "2", "--warm_up", "1", "--output_dir", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.name == "imagefolder_real_instancegm_seed123"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["phase"] for r in rows] == ["warmup", "train"] and "split/net1/auc" not in rows[-1]  # truth unknown
+
+    out = tmp_path / "test.csv"
+    ckpt = str(run_dir / "checkpoint.pt")
+    assert predict.main([ckpt, "--data_path", str(image_folder / "test"), "--out", str(out)]) == 0
+    scored = list(csv.DictReader(out.open()))
+    assert len(scored) == 9 and {r["given_class"] for r in scored} == {"cat", "dog", "fox"}
+    assert all(Path(r["path"]).is_file() and 0 <= float(r["clean_prob"]) <= 1 for r in scored)
+
+    # Images without class folders: predictions only.
+    flat = tmp_path / "unsorted"
+    flat.mkdir()
+    for p in list((image_folder / "test").rglob("*.png"))[:4]:
+        shutil.copy(p, flat / p.name)
+    rows, summary = predict.predict(ckpt, data_path=str(flat))
+    assert len(rows) == 4 and all(r["given_label"] == "" and "clean_prob" not in r for r in rows)
+    assert {r["predicted_class"] for r in rows} <= {"cat", "dog", "fox"}
+
+    # The run's own training set, with the file behind every index.
+    rows, summary = predict.predict(ckpt, split="train")
+    assert len(rows) == 36 and all(Path(r["path"]).parent.parent == image_folder / "train" for r in rows)
+    given = {Path(r["path"]).parent.name for r in rows if r["given_class"] == "dog"}
+    assert given == {"dog"}
+
+
+def test_imagefolder_checks(image_folder, tmp_path):
+    from dataloaders.imagefolder import load_imagefolder
+
+    base = instanceGM.PRESETS["imagefolder"].replace(data_path=str(image_folder / "train"), num_classes=3)
+    data, train_paths, test_paths, info = load_imagefolder(base)  # no test folder: 5% held out
+    assert len(train_paths) == 34 and len(test_paths) == 2 and "held out 2" in info["test"]
+    assert not set(train_paths) & set(test_paths) and data.train_images.shape == (34, 32, 32, 3)
+    assert info["classes"] == ["cat", "dog", "fox"] and data.train_images.dtype == np.uint8
+    again, paths_again, _, _ = load_imagefolder(base)  # the order is fixed, whatever the run's seed
+    assert paths_again == train_paths and np.array_equal(again.train_images, data.train_images)
+
+    with pytest.raises(DataConfigError, match="PreAct ResNet takes 32x32"):
+        load_imagefolder(base.replace(vae_size=64))
+    _write_folder(image_folder / "test", {"cat": 1})
+    (image_folder / "test" / "wolf").mkdir()
+    with pytest.raises(DataConfigError, match="wolf"):
+        load_imagefolder(base.replace(data_path=str(image_folder)))
+    with pytest.raises(SystemExit) as exit_info:
+        instanceGM.main(["--dataset", "imagefolder", "--data_path", str(image_folder / "train")])
+    assert exit_info.value.code == 2  # "--num_class 10 but imagefolder has 3 classes: pass --num_class 3"

@@ -1,0 +1,287 @@
+"""Predictions and a relabelling list from a run's checkpoint: which given labels look wrong.
+
+    python -m training.predict runs/<run>/checkpoint.pt                        # the run's own training set
+    python -m training.predict runs/<run>/checkpoint.pt --data_path DIR --out predictions.csv --sort
+
+Sources of images (``--split``):
+
+* ``train`` (default without ``--data_path``): the run's training set, rebuilt from its config (same noisy
+  labels, same ``--train_subset``); ``--data_path`` there only says where the dataset now lives.
+* ``folder`` (default with ``--data_path``): every image under ``DIR/train`` if that exists, else under ``DIR``
+  (the training layout of ``--dataset imagefolder``; point at ``DIR/test`` to score the test folder). With class
+  sub-folders the folder is the given label (names from the run's classes; for other datasets the folder names
+  must be class indices 0..K-1); without them the images are unlabelled and only predictions are written.
+  Images are centre-cropped and resized to the run's ``vae_size``, as in training.
+
+One CSV row per image:
+
+=================  ============================================================================================
+``index``          position in the scored set (for ``train``: the training index the run used)
+``path``           the image file, when there is one
+``given_label``    the label the data gives (the noisy label; empty when unlabelled)
+``true_label``     the clean label, only where the run knows it (synthetic noise on a clean dataset)
+``predicted``      argmax of the summed logits of the two nets, the ensemble the test accuracy uses
+``confidence``     softmax(logits_net1 + logits_net2) at ``predicted``
+``prob_given``     the same softmax at ``given_label``
+``clean_prob``     mean over the two nets of the GMM posterior that ``given_label`` is clean, computed as the
+                   trainer's divide step does: per-sample cross-entropy -> min-max normalisation -> 2-component
+                   GMM (``training/dividemix.py``), fitted on the scored set itself (so it needs a set of some
+                   size, hundreds of images, with both clean and wrong labels in it)
+``suspect``        1 when ``clean_prob <= p_threshold``: the sample the trainer would have put in the unlabelled
+                   set; these are the rows to relabel first (``--sort`` lists them first)
+=================  ============================================================================================
+
+Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from training import checkpoint as ckpt_lib
+from training import dividemix
+from training.config import Config
+
+log = logging.getLogger("training")
+
+
+class _KeepLogits(nn.Module):
+    """Wraps a classifier so that one pass of ``dividemix.per_sample_losses`` also hands back the logits."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.logits: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        self.logits.append(out.detach().float().cpu())
+        return out
+
+
+def load_run(checkpoint: str | Path, device: torch.device):
+    """(config, the two trained peers on ``device`` in eval mode, the run's config.json content or {})."""
+    from training.launch import build_peers
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass a run's runs/<run name>/checkpoint.pt")
+    state = ckpt_lib.load(checkpoint)
+    cfg = Config.from_dict(state["config"])
+    peers = build_peers(cfg, device)
+    for peer in peers:
+        peer.net.load_state_dict(state["peers"][peer.name]["net"])
+        peer.net.eval()
+    info_path = Path(checkpoint).parent / "config.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return cfg, peers, info
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple]:
+    """(x, y, idx) batches of uint8 (N, H, W, C) images, the shape ``per_sample_losses`` reads."""
+    from dataloaders.transforms import to_float
+
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        x = torch.from_numpy(np.ascontiguousarray(images[start:stop].transpose(0, 3, 1, 2)))
+        yield to_float(x).to(device), torch.as_tensor(labels[start:stop]).to(device), torch.arange(start, stop)
+
+
+def folder_set(cfg: Config, info: dict, data_path: str) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
+    """(uint8 images, given labels or None, file paths, class names) of a folder, read like the training folder."""
+    from dataloaders.imagefolder import class_folders, find_folders, list_flat_images, list_images, load_images
+
+    folder, _ = find_folders(data_path)
+    classes = (info.get("noise") or {}).get("classes") or [str(k) for k in range(cfg.num_classes)]
+    if class_folders(folder):
+        listed = list_images(folder, classes)
+        paths, labels = listed.paths, listed.labels
+    else:
+        paths, labels = list_flat_images(folder), None
+        if not paths:
+            raise FileNotFoundError(f"{folder} holds no images")
+        log.info("%s has no class sub-folders: %d unlabelled images, predictions only", folder, len(paths))
+    return load_images(paths, cfg.vae_size), labels, [str(p) for p in paths], classes
+
+
+def score(peers, loader, num_samples: int, device: torch.device) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Per net: logits and per-sample losses of every sample (one pass each); and the sample indices."""
+    logits, losses, indices = [], [], None
+    for peer in peers:
+        keep = _KeepLogits(peer.net)
+        loss, idx = dividemix.per_sample_losses(keep, loader(), num_samples, device)
+        logits.append(torch.cat(keep.logits))
+        losses.append(loss)
+        indices = idx
+    return logits, losses, indices
+
+
+def clean_probability(losses: Tensor, cfg: Config) -> Tensor:
+    """The divide step of the trainer on one net's losses: normalise, fit the GMM, posterior of the clean mode."""
+    norm = dividemix.normalise_losses(losses)
+    gmm = dividemix.gmm_clean_probability(
+        norm, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar, random_state=cfg.seed
+    )
+    return gmm.prob
+
+
+def predict(
+    checkpoint: str | Path,
+    *,
+    data_path: str = "",
+    split: str = "",
+    batch_size: int = 256,
+    device: str = "auto",
+    p_threshold: float | None = None,
+) -> tuple[list[dict], dict]:
+    """The CSV rows (see the module docstring) and a summary dict."""
+    from training.runtime import resolve_device
+
+    dev = resolve_device(device)
+    cfg, peers, info = load_run(checkpoint, dev)
+    split = split or ("folder" if data_path else "train")
+    tau = cfg.p_threshold if p_threshold is None else p_threshold
+    true = None
+    if split == "train":
+        from dataloaders import build_data
+
+        data = build_data(cfg.replace(data_path=data_path or cfg.data_path, device=str(dev)), dev)
+        given = data.noisy_labels.numpy()
+        true = None if data.clean_labels is None else data.clean_labels.numpy()
+        paths = list(getattr(data, "train_paths", None) or [""] * data.num_train)
+        classes = (getattr(data, "noise_info", None) or {}).get("classes")
+        num = data.num_train
+
+        def loader():
+            return data.eval_train_loader(batch_size)
+
+    elif split == "folder":
+        if not data_path:
+            raise ValueError("--split folder needs --data_path DIR")
+        images, given, paths, classes = folder_set(cfg, info, data_path)
+        num = len(images)
+        # Unlabelled images: dummy labels give losses that are not used.
+        labels = given if given is not None else np.zeros(num, dtype=np.int64)
+
+        def loader():
+            return _batches(images, labels, batch_size, dev)
+
+    else:
+        raise ValueError(f"--split {split!r}: choose train or folder")
+
+    logits, losses, indices = score(peers, loader, num, dev)
+    order = torch.argsort(indices)  # rows in index order whatever the loader's order
+    summed = sum(lg[order] for lg in logits)  # (N, K): the ensemble of the test protocol
+    probs = torch.softmax(summed, 1)
+    confidence, predicted = probs.max(1)
+    per_net = [clean_probability(loss[order], cfg) for loss in losses] if given is not None else []
+    clean = torch.stack(per_net).mean(0) if per_net else None
+    names = list(classes) if classes else None
+
+    rows = []
+    for i in range(num):
+        row = {"index": i, "path": paths[i], "given_label": "" if given is None else int(given[i])}
+        if true is not None:
+            row["true_label"] = int(true[i])
+        row["predicted"] = int(predicted[i])
+        row["confidence"] = round(float(confidence[i]), 6)
+        if given is not None:
+            row["prob_given"] = round(float(probs[i, int(given[i])]), 6)
+            row["clean_prob"] = round(float(clean[i]), 6)
+            for name, p in zip(("net1", "net2"), per_net):
+                row[f"clean_prob_{name}"] = round(float(p[i]), 6)
+            row["suspect"] = int(float(clean[i]) <= tau)
+        if names:
+            row["given_class"] = "" if given is None else names[int(given[i])]
+            row["predicted_class"] = names[int(predicted[i])]
+        rows.append(row)
+
+    summary = {"rows": num, "split": split, "p_threshold": tau}
+    if given is not None:
+        summary["suspects"] = sum(r["suspect"] for r in rows)
+        summary["agreement"] = float((predicted.numpy() == np.asarray(given)).mean())
+    if true is not None and given is not None:
+        from training.metrics import split_quality
+
+        is_clean = torch.as_tensor(np.asarray(given) == true)
+        quality = split_quality(clean, is_clean, tau)  # "clean" = not suspect
+        wrong = ~is_clean.numpy()
+        flagged = np.array([r["suspect"] == 1 for r in rows])
+        summary.update(
+            truly_wrong=int(wrong.sum()),
+            suspect_precision=float((flagged & wrong).sum() / max(flagged.sum(), 1)),
+            suspect_recall=float((flagged & wrong).sum() / max(wrong.sum(), 1)),
+            auc=quality["auc"],
+            accuracy_vs_true=float((predicted.numpy() == true).mean()),
+        )
+    return rows, summary
+
+
+def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
+    """Write ``rows`` (sorted by clean probability, most suspect first, with ``sort``)."""
+    if sort and rows and "clean_prob" in rows[0]:
+        rows = sorted(rows, key=lambda r: (r["clean_prob"], r["index"]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a run's checkpoint.pt")
+    parser.add_argument("--data_path", default="", help="folder of images to score (or where the run's data lives)")
+    parser.add_argument("--split", choices=("train", "folder"), default="", help="default: folder with --data_path")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
+    parser.add_argument("--sort", action="store_true", help="most likely mislabelled rows first")
+    parser.add_argument("--p_threshold", type=float, default=None, help="suspect threshold (default: the run's)")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from dataloaders.base import DataConfigError, DatasetNotFoundError
+    from training.config import ConfigError
+
+    try:
+        rows, summary = predict(
+            args.checkpoint,
+            data_path=args.data_path,
+            split=args.split,
+            batch_size=args.batch_size,
+            device=args.device,
+            p_threshold=args.p_threshold,
+        )
+    except (ckpt_lib.CheckpointError, ConfigError, DataConfigError, DatasetNotFoundError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = write_csv(rows, args.out, args.sort)
+    print(f"wrote {summary['rows']} rows to {path}")
+    if "suspects" in summary:
+        print(
+            f"{summary['suspects']} suspect labels (clean probability <= {summary['p_threshold']:g}); "
+            f"the ensemble agrees with {100 * summary['agreement']:.1f}% of the given labels"
+        )
+    if "truly_wrong" in summary:
+        print(
+            f"against the true labels: {summary['truly_wrong']} given labels are wrong; suspects catch "
+            f"{100 * summary['suspect_recall']:.1f}% of them with precision {100 * summary['suspect_precision']:.1f}% "
+            f"(AUC {summary['auc']:.3f}); ensemble accuracy {100 * summary['accuracy_vs_true']:.2f}%"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
