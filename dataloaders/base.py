@@ -83,11 +83,15 @@ class _ArrayViews(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def load_image(self, idx: int) -> Image.Image:
+        """The PIL image of training sample ``idx`` (file-based datasets override this)."""
+        array = self.images[idx]
+        return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
     def __getitem__(self, key: tuple[int, int | None]):
         pos, seed = key
         idx = int(self.indices[pos])
-        array = self.images[idx]
-        img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        img = self.load_image(idx)
         if seed is None:
             out = [self.transform(img) for _ in range(self.views)]
         else:

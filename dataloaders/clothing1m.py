@@ -48,6 +48,7 @@ from .base import (
     DataConfigError,
     DatasetNotFoundError,
     NoisyDataModule,
+    _ArrayViews,
     _KeySampler,
     _OnDevice,
     _RandomBatchSampler,
@@ -145,9 +146,8 @@ def eval_transform():
     return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
 
 
-class _FileViews(Dataset):
-    """Per-sample images read from files, keyed like ``base._ArrayViews``: ``(position, seed)`` with ``seed``
-    seeding torch's CPU RNG for this one sample's random transforms (None: the deterministic test transform)."""
+class _FileViews(_ArrayViews):
+    """``base._ArrayViews`` whose images are read from files: ``keys[idx]`` is a path relative to ``base``."""
 
     def __init__(
         self,
@@ -159,32 +159,16 @@ class _FileViews(Dataset):
         views: int,
         weights: Tensor | None = None,
     ):
-        self.base, self.keys, self.labels, self.indices = base, keys, labels, indices
-        self.transform, self.views, self.weights = transform, views, weights
+        super().__init__(keys, labels, indices, transform, views, weights)
+        self.base, self.keys = base, keys
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key: tuple[int, int | None]):
-        pos, seed = key
-        idx = int(self.indices[pos])
+    def load_image(self, idx: int) -> Image.Image:
         path = self.base / self.keys[idx].decode()
         try:
             with Image.open(path) as f:
-                img = f.convert("RGB")
+                return f.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
             raise DatasetNotFoundError(f"Clothing1M image {path} is missing or unreadable ({err})") from None
-        if seed is None:
-            out = [self.transform(img) for _ in range(self.views)]
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(seed)
-                out = [self.transform(img) for _ in range(self.views)]
-        out.append(self.labels[idx])
-        if self.weights is not None:
-            out.append(self.weights[pos])
-        out.append(idx)
-        return tuple(out)
 
 
 class Clothing1MDataModule(NoisyDataModule):

@@ -49,7 +49,7 @@ def main(out_dir: str) -> None:
     )
     for peer in trainer.peers:
         trainer.warmup_epoch(0, peer)
-    record: dict = {}
+    record: dict = {"epoch": 1}
     splits = {peer.name: trainer.divide(peer, record) for peer in trainer.peers}
     metrics = trainer.train_epoch(1, trainer.peers[0], trainer.peers[1], splits["net2"])
     acc = trainer.evaluate(1)

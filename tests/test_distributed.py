@@ -53,7 +53,7 @@ def test_torchrun_instancegm_rank0_writes_and_resumes_single_process(tmp_path):
     proc = _torchrun([str(ROOT / "instanceGM.py"), *common, "--run_name", "ddp"], tmp_path)
     run = out / "ddp"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["checkpoint.pt", "config.json", "log.txt", "metrics.jsonl", "summary.json"]
+        ["checkpoint.pt", "config.json", "log.txt", "metrics.jsonl", "splits.pt", "summary.json"]
     )
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # one writer: no duplicated lines

@@ -1,0 +1,89 @@
+"""The benchmark scripts keep working: their ``--quick`` modes write the table, JSON and figure (the numbers
+themselves are not checked: they depend on the machine)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import fmnist_idn, throughput
+from training import Config
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.mark.slow
+def test_throughput_quick_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    report = throughput.main(
+        ["--quick", "--device", "cpu", "--threads", "1", "--out", str(out), "--options", "channels_last", "fp16"]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["markdown"] == report["markdown"] and saved["markdown"] in capsys.readouterr().out
+    assert {"settings", "environment", "phases", "summary", "options", "wall_s"} <= set(saved)
+    phases = {(r["path"], r["phase"]) for r in saved["phases"]}
+    timed = ("warmup step", "eval-train pass", "gmm fit (N losses)", "dm step", "igm step", "test pass")
+    for path in ("device", "pil", "naive"):
+        assert {(path, p) for p in (*timed, "generative part")} <= phases
+    assert {("floor", p) for p in ("warmup step", "dm step", "igm step")} <= phases
+    for row in saved["phases"]:
+        if "ms_q1" in row:  # timed rows: median inside its quartiles, positive throughput and memory
+            assert 0 < row["ms_min"] <= row["ms_q1"] <= row["ms_median"] <= row["ms_q3"] <= row["ms_max"]
+            assert row["images_per_s"] > 0 and row["peak_mem_mb"] > 0 and row["reps"] == 2
+    breakdown = next(r["breakdown_ms"] for r in saved["phases"] if r["phase"] == "generative part")
+    assert "joint backward + SGD/Adam updates" in breakdown
+    assert any(k.startswith("igm step gap to floor (device)") for k in saved["summary"])
+    assert any(k.startswith("igm step speed-up over naive (device)") for k in saved["summary"])
+    options = {r["option"]: r for r in saved["options"]}
+    assert options["fp32"]["loss_abs_diff"] == 0.0 and options["fp32"]["grad_rel_l2"] == 0.0
+    assert options["channels_last"]["same_init"] and options["channels_last"]["grad_cosine"] > 0.99
+    assert "skipped" in options["fp16"]  # CPU
+    assert "| path | phase |" in report["markdown"] and "| option |" in report["markdown"]
+
+
+def test_throughput_refuses_channels_last_where_pytorch_crashes():
+    cpu = torch.device("cpu")
+    assert throughput.channels_last_problem(Config(width=4, channels_last=True), cpu)
+    assert not throughput.channels_last_problem(Config(width=8, channels_last=True), cpu)
+    assert not throughput.channels_last_problem(Config(width=4, channels_last=False), cpu)
+
+
+def test_throughput_time_steps_statistics():
+    calls = []
+    stats = throughput.time_steps(lambda: calls.append(1), torch.device("cpu"), warmup=2, reps=3, steps=4)
+    assert len(calls) == 2 + 3 * 4
+    assert stats["reps"] == 3 and stats["steps_per_rep"] == 4
+    assert stats["ms_min"] <= stats["ms_median"] <= stats["ms_max"]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_fmnist_idn_quick_writes_table_json_figure_and_caches(tmp_path, capsys):
+    report = fmnist_idn.main(["--quick", "--results_dir", str(tmp_path)])
+    for suffix in ("md", "json", "png"):
+        assert (tmp_path / f"fmnist_idn_quick.{suffix}").stat().st_size > 0
+    cells_dir = tmp_path / "fmnist_idn_quick"
+    for method in fmnist_idn.METHODS:  # one ordinary run folder per cell, noisy labels cached beside them
+        assert (cells_dir / f"r0.4_{method}" / "summary.json").exists()
+    assert list((cells_dir / "noise").glob("fashionmnist_instance_r0.4_*.npy"))
+    saved = json.loads((tmp_path / "fmnist_idn_quick.json").read_text())
+    assert saved["budget"] == report["budget"] and saved["budget"]["num_epochs"] == fmnist_idn.QUICK.num_epochs
+    cells = {c["method"]: c for c in saved["cells"]}
+    assert set(cells) == set(fmnist_idn.METHODS)
+    for method, cell in cells.items():
+        assert cell["rate"] == 0.4 and 0.3 < cell["realised_rate"] < 0.5
+        assert 0.0 <= cell["test_acc_last"] <= 100.0 and cell["best_epoch"] >= 1
+        assert len(cell["curves"]["test_acc"]) == fmnist_idn.QUICK.num_epochs
+        assert (cell["precision"] is None) == (method == "ce")
+    table = saved["table_markdown"]
+    assert table.count("\n") == 2 + 3 and table in capsys.readouterr().out
+    assert saved["invocations"][-1]["cells_run"]
+
+    # A second invocation reuses every finished cell; other settings on the same folders are refused.
+    again = fmnist_idn.main(["--quick", "--results_dir", str(tmp_path)])
+    assert again["invocations"][-1]["cells_run"] == [] and len(again["invocations"]) == 2
+    assert again["table_markdown"] == table
+    with pytest.raises(SystemExit, match="other settings"):
+        fmnist_idn.main(["--quick", "--results_dir", str(tmp_path), "--lr", "0.1"])
