@@ -37,7 +37,6 @@ main process's peak RSS (VmHWM, reset per phase) on the CPU.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import os
@@ -317,6 +316,7 @@ class Bench:
     # ---------------- steps as CoTrainer runs them ----------------
     def warmup_step(self, batches: Iterator, meters: RunningMeans) -> None:
         peer = self.peers[0]
+        peer.net.train()
         x, y, _ = next(batches)
         x = self.prep(x)
         with self.autocast():
@@ -333,6 +333,10 @@ class Bench:
         sync (the breakdown run only).
         """
         cfg, (peer, other) = self.cfg, self.peers
+        peer.net.train()  # as at the start of CoTrainer.train_epoch (other phases are interleaved with this one)
+        other.net.eval()
+        if vae_batches is not None:
+            peer.vae.train()
 
         def mark(name: str) -> None:
             if marks is not None:
@@ -437,42 +441,184 @@ class Bench:
 
 
 # ================================================================ phases =======================================
-def measure_path(bench: Bench, path: str, arrays: dict, args: argparse.Namespace) -> list[dict]:
-    """All phases of one data path; returns one row per phase."""
-    cfg, device, B = bench.cfg, bench.device, bench.cfg.batch_size
-    n_train, n_test = len(arrays["noisy_labels"]), len(arrays["test_labels"])
-    data = build_data(path, arrays, device, args)
-    eval_batch = B if path == "naive" else max(256, 2 * B)  # the original evaluates in batches of B
-    timing = dict(warmup=args.warmup_iters, reps=args.reps, steps=args.steps)
-    rows = []
+STEP_PHASES = ("warmup step", "dm step", "igm step")
+PASS_PHASES = ("eval-train pass", "test pass")
 
-    def row(phase: str, stats: dict, images: int, epoch_units: float, note: str = "") -> None:
-        rows.append(
-            {"path": path, "phase": phase, **stats, "images_per_step": images,
-             "images_per_s": images / (stats["ms_median"] / 1e3), "epoch_s": epoch_units * stats["ms_median"] / 1e3,
-             "note": note}
-        )  # fmt: skip
 
-    (peer, other), meters = bench.peers, RunningMeans()
-    # ---- warm-up step (per epoch: two nets, N / 2B steps each) ----
-    warm = endless(lambda: data.warmup_loader(2 * B))
-    peer.net.train()
-    row("warmup step", time_steps(lambda: bench.warmup_step(warm, meters), device, **timing), 2 * B, n_train / B)
-    warm.close()  # stops loader workers before the next phase
+class PathRunner:
+    """The phases of one data path (or of the floor) as zero-argument calls; loaders and iterators persist
+    across calls, as they do across the steps of an epoch."""
 
-    # ---- eval-train pass (per epoch: two nets over all N) + GMM ----
-    evals = endless(lambda: data.eval_train_loader(eval_batch))  # one pass, continued across repetitions
+    def __init__(self, bench: Bench, path: str, arrays: dict, args: argparse.Namespace):
+        self.bench, self.path, self.args = bench, path, args
+        B = bench.cfg.batch_size
+        self.n_train, self.n_test = len(arrays["noisy_labels"]), len(arrays["test_labels"])
+        self.data = None if path == "floor" else build_data(path, arrays, bench.device, args)
+        self.tensors = bench.floor_tensors() if path == "floor" else None
+        self.eval_batch = B if path == "naive" else max(256, 2 * B)  # the original evaluates in batches of B
+        self.meters = RunningMeans()
+        self._iters: dict[str, Iterator] = {}
+        # A fixed division: labeled_fraction of the samples "clean" with probabilities in [0.5, 1).
+        perm = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(0))
+        self.n_labeled = int(args.labeled_fraction * self.n_train)
+        self.labeled_idx, self.unlabeled_idx = perm[: self.n_labeled], perm[self.n_labeled :]
+        self.labeled_prob = torch.empty(self.n_labeled).uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
 
-    def eval_chunk() -> None:
-        dividemix.per_sample_losses(
-            peer.net, itertools.islice(evals, args.eval_batches), n_train, device, bench.autocast
-        )
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return STEP_PHASES if self.path == "floor" else STEP_PHASES + PASS_PHASES
 
-    stats = time_steps(eval_chunk, device, warmup=1, reps=args.reps, steps=1)
-    per_image = stats["ms_median"] / (args.eval_batches * eval_batch)
-    row("eval-train pass", stats, args.eval_batches * eval_batch, 2 * n_train / (args.eval_batches * eval_batch))
-    rows[-1]["ms_per_image"] = per_image
-    evals.close()
+    def _iter(self, name: str, make: Callable[[], Iterator]) -> Iterator:
+        if name not in self._iters:
+            self._iters[name] = make()
+        return self._iters[name]
+
+    def call(self, phase: str) -> Callable[[], None]:
+        b, B, data, args = self.bench, self.bench.cfg.batch_size, self.data, self.args
+        if self.path == "floor":
+            t = self.tensors
+            return {
+                "warmup step": lambda: b.floor_warmup_step(t),
+                "dm step": lambda: b.floor_step(t, with_vae=False),
+                "igm step": lambda: b.floor_step(t, with_vae=True),
+            }[phase]
+        if phase == "warmup step":
+            warm = self._iter("warmup", lambda: endless(lambda: data.warmup_loader(2 * B)))
+            return lambda: b.warmup_step(warm, self.meters)
+        if phase in ("dm step", "igm step"):
+            labeled = self._iter(
+                "labeled", lambda: endless(lambda: data.labeled_loader(self.labeled_idx, self.labeled_prob, B))
+            )
+            unlabeled = self._iter("unlabeled", lambda: endless(lambda: data.unlabeled_loader(self.unlabeled_idx, B)))
+            vae = self._iter("vae", lambda: data.vae_batches(2 * B)) if phase == "igm step" else None
+            return lambda marks=None: b.train_step(labeled, unlabeled, vae, self.meters, marks)
+        if phase == "eval-train pass":
+            evals = self._iter("eval", lambda: endless(lambda: data.eval_train_loader(self.eval_batch)))
+            net = b.peers[0].net
+            return lambda: dividemix.per_sample_losses(
+                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast
+            )
+        tests = self._iter("test", lambda: endless(lambda: data.test_loader(self.eval_batch)))
+        return lambda: b.test_pass(tests, args.eval_batches)
+
+    def images(self, phase: str) -> int:
+        B = self.bench.cfg.batch_size
+        return self.args.eval_batches * self.eval_batch if phase in PASS_PHASES else 2 * B
+
+    def calls_per_epoch(self, phase: str) -> float:
+        """How many such calls one epoch of that kind makes (two nets; the split of labeled_fraction)."""
+        B = self.bench.cfg.batch_size
+        return {
+            "warmup step": self.n_train / B,  # 2 nets x N / 2B
+            "dm step": 2 * self.n_labeled / B,
+            "igm step": 2 * self.n_labeled / B,
+            "eval-train pass": 2 * self.n_train / self.images(phase),
+            "test pass": self.n_test / self.images(phase),
+        }[phase]
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        for it in self._iters.values():
+            it.close()
+        self._iters.clear()
+
+
+def time_interleaved(calls: dict[Any, Callable[[], Any]], device: torch.device, *, warmup: int, reps: int,
+                     steps: int) -> dict[Any, dict]:  # fmt: skip
+    """Per-step times of several calls, measured round-robin (path A block, path B block, ..., repeated) so
+    that load changing on a shared machine hits every path alike; ``warmup`` untimed calls of each first."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[Any, list[float]] = {name: [] for name in calls}
+    peaks: dict[Any, float] = {}
+    kinds: dict[Any, str] = {}
+    for _ in range(reps):
+        for name, fn in calls.items():
+            with PeakMemory(device) as mem:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                sync(device)
+            times[name].append((time.perf_counter() - t0) / steps)
+            peaks[name], kinds[name] = max(peaks.get(name, 0.0), mem.mb or 0.0), mem.kind
+    return {
+        name: summarise_times(times[name])
+        | {"steps_per_rep": steps, "peak_mem_mb": peaks[name], "mem_kind": kinds[name]}
+        for name in calls
+    }
+
+
+def measure_phases(bench: Bench, arrays: dict, args: argparse.Namespace) -> list[dict]:
+    """Every phase of every data path and of the floor, interleaved across paths; one row per (path, phase)."""
+    paths = (["floor"] if not args.no_floor else []) + list(args.paths)
+    runners = {path: PathRunner(bench, path, arrays, args) for path in paths}
+    rows: list[dict] = []
+    try:
+        # The DivideMix and InstanceGM steps share one round-robin: their difference is the generative part.
+        for group in (("warmup step",), ("dm step", "igm step"), ("eval-train pass",), ("test pass",)):
+            calls = {(path, ph): r.call(ph) for ph in group for path, r in runners.items() if ph in r.phases}
+            if not calls:
+                continue
+            is_pass = group[0] in PASS_PHASES
+            stats = time_interleaved(
+                calls,
+                bench.device,
+                warmup=1 if is_pass else args.warmup_iters,
+                reps=args.reps,
+                steps=1 if is_pass else args.steps,
+            )
+            for (path, phase), s in stats.items():
+                r = runners[path]
+                rows.append(
+                    {"path": path, "phase": phase, **s, "images_per_step": r.images(phase),
+                     "images_per_s": r.images(phase) / (s["ms_median"] / 1e3),
+                     "epoch_s": r.calls_per_epoch(phase) * s["ms_median"] / 1e3}
+                )  # fmt: skip
+            print(f"[throughput] {', '.join(group)}: done", file=sys.stderr, flush=True)
+        rows += measure_breakdown(bench, runners, args)
+    finally:
+        for r in runners.values():
+            r.close()
+    rows += measure_gmm(bench, len(arrays["noisy_labels"]), args)
+    # The generative part of a step: InstanceGM step minus DivideMix step, per path.
+    get = {(r["path"], r["phase"]): r for r in rows}
+    for path in paths:
+        igm, dm = get.get((path, "igm step")), get.get((path, "dm step"))
+        if igm and dm:
+            ms = igm["ms_median"] - dm["ms_median"]
+            epoch_units = igm["epoch_s"] / (igm["ms_median"] / 1e3)
+            rows.append(
+                {"path": path, "phase": "generative part", "ms_median": ms, "images_per_step": igm["images_per_step"],
+                 "epoch_s": epoch_units * ms / 1e3, "note": "igm step - dm step"}
+            )  # fmt: skip
+    order = {p: i for i, p in enumerate(paths + ["any"])}
+    names = STEP_PHASES + ("generative part", "igm step breakdown") + PASS_PHASES + ("gmm fit",)
+    phase_order = {p: i for i, p in enumerate(names)}
+    return sorted(rows, key=lambda r: (order[r["path"]], phase_order[r["phase"]]))
+
+
+def measure_breakdown(bench: Bench, runners: dict[str, PathRunner], args: argparse.Namespace) -> list[dict]:
+    """The parts of the InstanceGM step, with a device sync between them (round-robin over the paths)."""
+    calls = {path: r.call("igm step") for path, r in runners.items() if path != "floor"}
+    parts: dict[str, dict[str, list[float]]] = {path: {} for path in calls}
+    for _ in range(args.reps * args.steps):
+        for path, fn in calls.items():
+            marks: list = []
+            fn(marks)
+            for (_, t0), (name, t1) in zip(marks, marks[1:]):
+                parts[path].setdefault(name, []).append(t1 - t0)
+    return [
+        {"path": path, "phase": "igm step breakdown",
+         "breakdown_ms": {name: float(np.median(v) * 1e3) for name, v in p.items()}}
+        for path, p in parts.items()
+    ]  # fmt: skip
+
+
+def measure_gmm(bench: Bench, n_train: int, args: argparse.Namespace) -> list[dict]:
+    """Min-max normalisation + the 2-component GMM on N per-sample losses (host-side; the same on every path)."""
+    cfg = bench.cfg
     rng = np.random.RandomState(0)  # a clean (low-loss) and a noisy (high-loss) mode, as the GMM sees them
     half = n_train // 2
     losses = torch.from_numpy(np.concatenate([rng.gamma(2, 0.1, half), rng.gamma(8, 0.3, n_train - half)]))
@@ -481,74 +627,23 @@ def measure_path(bench: Bench, path: str, arrays: dict, args: argparse.Namespace
         dividemix.gmm_clean_probability(dividemix.normalise_losses(losses), max_iter=cfg.gmm_max_iter,
                                         tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar)  # fmt: skip
 
-    row("gmm fit (N losses)", time_steps(gmm, torch.device("cpu"), warmup=1, reps=args.reps, steps=1), n_train, 2)
-
-    # ---- co-training steps (per epoch: two nets, labeled_fraction * N / B steps each) ----
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
-    n_lab = int(args.labeled_fraction * n_train)
-    lab_idx, unl_idx = perm[:n_lab], perm[n_lab:]
-    lab_prob = torch.empty(n_lab).uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
-    labeled = endless(lambda: data.labeled_loader(lab_idx, lab_prob, B))
-    unlabeled = endless(lambda: data.unlabeled_loader(unl_idx, B))
-    vae = data.vae_batches(2 * B)
-    steps_per_epoch = 2 * n_lab / B
-    peer.net.train()
-    other.net.eval()
-    peer.vae.train()
-    dm = time_steps(lambda: bench.train_step(labeled, unlabeled, None, meters), device, **timing)
-    row("dm step", dm, 2 * B, steps_per_epoch, "DivideMix only (method dividemix)")
-    igm = time_steps(lambda: bench.train_step(labeled, unlabeled, vae, meters), device, **timing)
-    row("igm step", igm, 2 * B, steps_per_epoch, "InstanceGM: DivideMix + generative")
-    gen_ms = igm["ms_median"] - dm["ms_median"]
-    rows.append(
-        {"path": path, "phase": "generative part", "ms_median": gen_ms, "images_per_step": 2 * B,
-         "epoch_s": steps_per_epoch * gen_ms / 1e3, "note": "igm step - dm step"}
-    )  # fmt: skip
-    # ---- breakdown of the InstanceGM step, a device sync between the parts ----
-    parts: dict[str, list[float]] = {}
-    for _ in range(args.reps * args.steps):
-        marks: list = []
-        bench.train_step(labeled, unlabeled, vae, meters, marks)
-        for (_, t0), (name, t1) in zip(marks, marks[1:]):
-            parts.setdefault(name, []).append(t1 - t0)
-    rows[-1]["breakdown_ms"] = {name: float(np.median(v) * 1e3) for name, v in parts.items()}
-    for gen in (labeled, unlabeled, vae):
-        gen.close()
-
-    # ---- test pass (per epoch: the test set once, both nets) ----
-    tests = endless(lambda: data.test_loader(eval_batch))
-    row(
-        "test pass",
-        time_steps(lambda: bench.test_pass(tests, args.eval_batches), device, warmup=1, reps=args.reps, steps=1),
-        args.eval_batches * eval_batch,
-        n_test / (args.eval_batches * eval_batch),
-    )
-    tests.close()
-    return rows
-
-
-def measure_floor(bench: Bench, args: argparse.Namespace, n_train: int) -> list[dict]:
-    """The floor of the warm-up, DivideMix and InstanceGM steps: network passes on in-memory tensors."""
-    device, B = bench.device, bench.cfg.batch_size
-    t = bench.floor_tensors()
-    timing = dict(warmup=args.warmup_iters, reps=args.reps, steps=args.steps)
-    steps_per_epoch = 2 * int(args.labeled_fraction * n_train) / B
-    rows = []
-    for phase, fn, epoch_units in (
-        ("warmup step", lambda: bench.floor_warmup_step(t), n_train / B),
-        ("dm step", lambda: bench.floor_step(t, False), steps_per_epoch),
-        ("igm step", lambda: bench.floor_step(t, True), steps_per_epoch),
-    ):
-        stats = time_steps(fn, device, **timing)
-        rows.append(
-            {"path": "floor", "phase": phase, **stats, "images_per_step": 2 * B,
-             "images_per_s": 2 * B / (stats["ms_median"] / 1e3), "epoch_s": epoch_units * stats["ms_median"] / 1e3,
-             "note": "network passes only"}
-        )  # fmt: skip
-    return rows
+    s = time_steps(gmm, torch.device("cpu"), warmup=1, reps=args.reps, steps=1)
+    return [{"path": "any", "phase": "gmm fit", **s, "images_per_step": n_train,
+             "images_per_s": n_train / (s["ms_median"] / 1e3), "epoch_s": 2 * s["ms_median"] / 1e3}]  # fmt: skip
 
 
 # ================================================================ speed options ================================
+def channels_last_problem(cfg: Config, device: torch.device) -> str:
+    """Why channels_last cannot run here ('' if it can).
+
+    On the CPU (torch 2.14, AVX2), the weight gradient of a channels_last ``Conv2d(4, 8, 1, stride=2)`` (a
+    PreAct shortcut at width 4) corrupts the heap and kills the process; widths that are multiples of 8 work.
+    """
+    if cfg.channels_last and device.type == "cpu" and cfg.width % 8:
+        return f"channels_last crashes on the CPU at width {cfg.width} (not a multiple of 8; PyTorch bug)"
+    return ""
+
+
 def option_config(base: Config, option: str) -> tuple[Config, bool]:
     amp = "bf16" if "bf16" in option else "fp16" if option == "fp16" else "off"
     return base.replace(amp=amp, channels_last="channels_last" in option), option == "compile"
@@ -564,7 +659,7 @@ def step_gradients(bench: Bench, t: dict, seed: int = 1) -> tuple[float, torch.T
     loss.backward()
     params = list(peer.net.parameters()) + list(peer.vae.parameters())
     grads = torch.cat([p.grad.float().flatten() for p in params if p.grad is not None]).cpu()
-    return float(loss), grads
+    return loss.item(), grads
 
 
 def measure_options(base: Config, device: torch.device, options: list[str], args: argparse.Namespace) -> list[dict]:
@@ -575,8 +670,14 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
             rows.append({"option": option, "skipped": "fp16 autocast needs CUDA"})
             continue
         cfg, compile_nets = option_config(base, option)
+        problem = channels_last_problem(cfg, device)
+        if problem:
+            rows.append({"option": option, "skipped": problem})
+            continue
         bench = Bench.build(cfg, device, compile_nets)
-        state = copy.deepcopy([(p.net.state_dict(), p.vae.state_dict()) for p in bench.peers])
+        state = [
+            ({k.removeprefix("_orig_mod."): v.clone() for k, v in p.net.state_dict().items()},) for p in bench.peers
+        ]
         t = bench.floor_tensors()
         t0 = time.perf_counter()
         loss, grads = step_gradients(bench, t)  # first call: includes compilation for torch.compile
@@ -591,7 +692,7 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
         row["loss_abs_diff"] = abs(loss - ref_loss)
         row["grad_rel_l2"] = float((grads - ref_grads).norm() / ref_grads.norm().clamp_min(1e-30))
         row["grad_max_abs_diff"] = float((grads - ref_grads).abs().max())
-        row["grad_cosine"] = float(F.cosine_similarity(grads, ref_grads, dim=0))
+        row["grad_cosine"] = float(F.cosine_similarity(grads.double(), ref_grads.double(), dim=0))
         row["same_init"] = same_init
         rows.append(row)
     fp32 = rows[0]["ms_median"]
@@ -631,6 +732,8 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["phases"]:
+        if "breakdown_ms" in r:  # listed below the table
+            continue
         if "ms_q1" not in r:  # derived rows (generative part)
             lines.append(f"| {r['path']} | {r['phase']} | {r['ms_median']:.1f} | | | | {r['epoch_s']:.1f} | |")
             continue
@@ -687,7 +790,7 @@ def summary(phases: list[dict], device: torch.device) -> dict[str, str]:
 
 
 # ================================================================ main =========================================
-QUICK = dict(num_train=2048, num_test=512, width=4, batch_size=16, reps=2, steps=2, warmup_iters=1, eval_batches=2,
+QUICK = dict(num_train=1024, num_test=256, width=8, batch_size=8, reps=2, steps=1, warmup_iters=1, eval_batches=1,
              workers=1, naive_workers=2)  # fmt: skip
 
 
@@ -704,7 +807,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifiers for the phases")
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="data paths to time")
+    p.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="data paths to time (none: --paths)")
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")
     p.add_argument("--no_floor", action="store_true", help="skip the floor")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median, IQR, min-max over these)")
@@ -739,13 +842,13 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(device),
         "phases": [],
     }
+    problem = channels_last_problem(cfg, device)
+    if problem:
+        raise SystemExit(f"error: {problem}; use --width 8, 16, ... or drop --channels_last")
     t_start = time.perf_counter()
     bench = Bench.build(cfg, device, args.compile)
-    if not args.no_floor:
-        report["phases"] += measure_floor(bench, args, args.num_train)
-    for path in args.paths:
-        report["phases"] += measure_path(bench, path, arrays, args)
-        print(f"[throughput] {path}: done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    if args.paths or not args.no_floor:
+        report["phases"] = measure_phases(bench, arrays, args)
     report["summary"] = summary(report["phases"], device)
     if args.options:
         report["options"] = measure_options(cfg, device, args.options, args)

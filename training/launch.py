@@ -46,11 +46,23 @@ def apply_smoke(cfg: Config) -> Config:
     ).validate()
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is now (not the one at set-up: tests and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
     """Console log (and ``run_dir/log.txt``); ``quiet`` (ranks other than 0) keeps warnings only."""
     root = logging.getLogger()
     if not any(getattr(h, "_instancegm", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._instancegm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
