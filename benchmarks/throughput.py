@@ -303,15 +303,7 @@ class Bench:
         self.scaler.update()
 
     def vae_weights(self) -> dict:
-        c = self.cfg
-        return dict(
-            recon_weight=c.recon_weight,
-            noisy_label_weight=c.noisy_label_weight,
-            y_prior_weight=c.y_prior_weight,
-            kl_weight=c.kl_weight,
-            kl_reduction=c.kl_reduction,
-            y_prior=c.y_prior,
-        )
+        return generative.loss_weights(self.cfg)
 
     # ---------------- steps as CoTrainer runs them ----------------
     def warmup_step(self, batches: Iterator, meters: RunningMeans) -> None:

@@ -93,6 +93,18 @@ def vae_objective(
     return GenerativeOut(loss, recon, noisy_ce, y_term, kl, acc)
 
 
+def loss_weights(cfg) -> dict:
+    """The objective's weights and variants from a Config (the keyword arguments of :func:`vae_objective`)."""
+    return dict(
+        recon_weight=cfg.recon_weight,
+        noisy_label_weight=cfg.noisy_label_weight,
+        y_prior_weight=cfg.y_prior_weight,
+        kl_weight=cfg.kl_weight,
+        kl_reduction=cfg.kl_reduction,
+        y_prior=cfg.y_prior,
+    )
+
+
 def step(
     vae: nn.Module,
     net: nn.Module,

@@ -297,7 +297,7 @@ class CoTrainer:
                     xv,
                     yv,
                     num_classes=cfg.num_classes,
-                    weights=self._vae_weights(),
+                    weights=generative.loss_weights(cfg),
                     encoder_on_noisy_label=cfg.encoder_on_noisy_label,
                     autocast=self.autocast,
                 )
@@ -382,17 +382,6 @@ class CoTrainer:
         return self._accuracy(self.data.test_loader(self.eval_batch), "test")
 
     # ================================================================ helpers =================================
-    def _vae_weights(self) -> dict:
-        c = self.cfg
-        return dict(
-            recon_weight=c.recon_weight,
-            noisy_label_weight=c.noisy_label_weight,
-            y_prior_weight=c.y_prior_weight,
-            kl_weight=c.kl_weight,
-            kl_reduction=c.kl_reduction,
-            y_prior=c.y_prior,
-        )
-
     def _vae_batch(self, x1: Tensor, y: Tensor, u1: Tensor | None, uy: Tensor | None) -> tuple[Tensor, Tensor]:
         """The generative step's batch: fresh 2B random training samples (original) or the DivideMix batch."""
         if self.cfg.vae_batch == "dm":
