@@ -66,6 +66,7 @@ from training import Config, dividemix, generative  # noqa: E402
 from training.launch import build_peers  # noqa: E402
 from training.metrics import RunningMeans  # noqa: E402
 from training.runtime import autocast_factory, resolve_device  # noqa: E402
+from training.trainer import joint_step  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PATHS = ("device", "pil", "naive")
@@ -294,13 +295,7 @@ class Bench:
 
     def optimize(self, loss: torch.Tensor, *opts) -> None:
         """As ``CoTrainer._optimize``: one (scaled) backward, then each optimiser's step."""
-        opts = [o for o in opts if o is not None]
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for opt in opts:
-            self.scaler.step(opt)
-        self.scaler.update()
+        joint_step(self.scaler, loss, *opts)
 
     def vae_weights(self) -> dict:
         return generative.loss_weights(self.cfg)

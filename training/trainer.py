@@ -32,6 +32,17 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the message points at the last good checkpoint."""
 
 
+def joint_step(scaler: torch.amp.GradScaler, loss: Tensor, *opts: torch.optim.Optimizer | None) -> None:
+    """One joint (scaled) backward, then a step of every given optimiser (SGD on the net, Adam on the VAE)."""
+    opts = tuple(o for o in opts if o is not None)
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for opt in opts:
+        scaler.step(opt)
+    scaler.update()
+
+
 @dataclass
 class Peer:
     """One branch of the co-training: a classifier, its generative model and their optimisers."""
@@ -403,14 +414,7 @@ class CoTrainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _optimize(self, loss: Tensor, *opts: torch.optim.Optimizer | None) -> None:
-        """One joint backward, then a step of every given optimiser (SGD on the net, Adam on the VAE)."""
-        opts = tuple(o for o in opts if o is not None)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for opt in opts:
-            self.scaler.step(opt)
-        self.scaler.update()
+        joint_step(self.scaler, loss, *opts)
 
     def _check_finite(self, meters: RunningMeans, epoch: int, peer: Peer, bar) -> dict[str, float]:
         """Sync the running means (the only host sync of the loop), show them, stop on NaN/inf."""
