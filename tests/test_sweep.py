@@ -237,3 +237,15 @@ def test_report_groups_loose_run_folders_and_finds_the_paper_number(tmp_path):
     (row,) = rep.rows
     assert (row.setting, row.paper, row.status) == ("r=0.45", 77.49, "2/2")
     assert row.diff == pytest.approx(77.5 - 77.49)
+
+
+def test_cost_estimate_counts_the_passes_of_a_run():
+    from benchmarks.sweep_cost import Recipe, run_flops
+
+    # 100 images, batch 10, 3 epochs (1 warm-up), 10 test images, 50% noise: 50 labeled -> 5 steps per net.
+    recipe = Recipe("preact_resnet18", 32, 10, 25, 100, 100, 10, 10, 3, 1)
+    warm = 2 * 3 * 100 + 2 * 10  # both nets: forward + backward of every image; the test pass
+    dm = 2 * 5 * (6 * 10 + 3 * 4 * 10) + 2 * 100 + 2 * 10  # steps; the divide's losses; the test pass
+    assert run_flops(recipe, "dividemix", 0.5, net=1.0, vae=0.0) == warm + 2 * dm
+    igm = dm + 2 * 5 * 3 * 2 * 10 * (1.0 + 0.5)  # plus classifier and generative model on 2B, with backward
+    assert run_flops(recipe, "instancegm", 0.5, net=1.0, vae=0.5) == warm + 2 * igm

@@ -59,11 +59,10 @@ def todo(cells: Sequence[Cell], sweep_dir: Path) -> list[Cell]:
 
 
 def run_command(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
-    """Run one cell, its output appended to ``log_path``; on Ctrl-C let it finish its interrupt handling.
+    """Run one cell, its output appended to ``log_path``; on Ctrl-C, let the run end its own way.
 
-    (``subprocess.run`` would kill it 0.25 s after the interrupt; the run saves nothing then, but its
-    message and exit code are worth keeping.) A child that did not get the SIGINT (a signal sent to this
-    process only) gets one forwarded.
+    ``subprocess.run`` would kill it 0.25 s after the interrupt, before it logs where to resume. A run that
+    did not get the SIGINT itself (a signal sent to this process only) gets one forwarded after 10 s.
     """
     with open(log_path, "a") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
