@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
+from training.config import METHODS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python < 3.11
@@ -189,8 +191,15 @@ class Grid:
             flags=flags,
             axes=axes,
             seeds=tuple(seeds) if seeds else self.seeds,
-            methods=tuple(methods) if methods else self.methods,
+            methods=_check_methods(methods) if methods else self.methods,
         )
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise GridError(f"methods {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}")
+    return tuple(methods)
 
 
 def named_grids() -> list[str]:
@@ -236,7 +245,7 @@ def grid_from_dict(data: Mapping[str, Any], default_name: str = "grid") -> Grid:
         title=str(data.get("title", "")),
         flags=dict(data.get("flags", {})),
         axes=axes,
-        methods=tuple(data.get("methods", ("instancegm",))),
+        methods=_check_methods(list(data.get("methods", ["instancegm"]))),
         seeds=tuple(int(s) for s in data.get("seeds", (1,))),
         compare=compare,
         paper=paper,

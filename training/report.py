@@ -223,7 +223,10 @@ def markdown(report: GridReport) -> str:
     head += ["paper %", f"Δ ({ACCURACY_NAMES[g.compare]} − paper)", "realised noise", "split precision"]
     head += ["split recall", unit]
     lines = [f"### {g.title or g.name}", ""]
-    note = f"the paper's number is compared with the **{ACCURACY_NAMES[g.compare]}** test accuracy"
+    if any(r.paper is not None for r in report.rows):
+        note = f"the paper's number is compared with the **{ACCURACY_NAMES[g.compare]}** test accuracy"
+    else:
+        note = "no paper numbers for these settings"
     lines += [f"Grid `{g.name}`; {note}." + (f" {g.paper_note[0].upper()}{g.paper_note[1:]}." if g.paper_note else "")]
     lines += ["Accuracies: mean ± sd over finished seeds (sample sd).", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
