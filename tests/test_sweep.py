@@ -81,6 +81,15 @@ def test_overrides_and_cell_commands(tmp_path):
 
 
 # ================================================================ local executor ==============================
+def test_interrupt_forwards_ctrl_c_to_a_run_that_did_not_get_it():
+    child = "import signal, sys, time; signal.signal(signal.SIGINT, lambda *_: sys.exit(130)); print(1, flush=True); "
+    proc = subprocess.Popen([sys.executable, "-c", child + "time.sleep(60)"], stdout=subprocess.PIPE)
+    proc.stdout.readline()  # its handler is installed
+    t0 = time.monotonic()
+    sweep_lib.interrupt([proc], grace_s=0.2)
+    assert proc.returncode == 130 and time.monotonic() - t0 < 10
+
+
 @needs_fmnist
 @pytest.mark.slow
 def test_local_sweep_2x2_interrupted_resumes_without_redoing_finished_cells(tmp_path, noise_dir):

@@ -22,6 +22,7 @@ import queue
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,23 +59,38 @@ def todo(cells: Sequence[Cell], sweep_dir: Path) -> list[Cell]:
     return out
 
 
-def run_command(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+def run_command(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None, running: set | None = None
+) -> int:
     """Run one cell, its output appended to ``log_path``; on Ctrl-C, let the run end its own way.
 
-    ``subprocess.run`` would kill it 0.25 s after the interrupt, before it logs where to resume. A run that
-    did not get the SIGINT itself (a signal sent to this process only) gets one forwarded after 10 s.
+    ``subprocess.run`` would kill it 0.25 s after the interrupt, before it logs where to resume.
+    ``running`` (if given) holds the live processes, for an interrupt that reaches another thread.
     """
     with open(log_path, "a") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if running is not None:
+            running.add(proc)
         try:
             return proc.wait()
         except KeyboardInterrupt:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGINT)
-                proc.wait()
+            interrupt([proc])
             raise
+        finally:
+            if running is not None:
+                running.discard(proc)
+
+
+def interrupt(procs: Sequence[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """Wait for runs that got the Ctrl-C themselves; forward it to any still running after ``grace_s``
+    (a signal sent to the sweep's process only), then wait for them to save and exit."""
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
 
 
 # ================================================================ local executor ==============================
@@ -97,6 +113,7 @@ def run_local(cells: Sequence[Cell], sweep_dir: Path, gpus: str = "", gpus_per_c
     slots = gpu_slots(gpus, gpus_per_cell)
     nproc = gpus_per_cell if gpus else 1
     free: queue.Queue[str | None] = queue.Queue()
+    running: set[subprocess.Popen] = set()
     for slot in slots:
         free.put(slot)
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -109,7 +126,7 @@ def run_local(cells: Sequence[Cell], sweep_dir: Path, gpus: str = "", gpus_per_c
                 env["CUDA_VISIBLE_DEVICES"] = slot
             log_path = sweep_dir / "logs" / f"{cell.name}.log"
             log.info("run %s%s -> %s", cell.name, f" on GPU {slot}" if slot is not None else "", log_path)
-            rc = run_command(cell_command(cell, sweep_dir, nproc), log_path, env)
+            rc = run_command(cell_command(cell, sweep_dir, nproc), log_path, env, running)
             log.info("%s %s", cell.name, "finished" if rc == 0 else f"FAILED (exit {rc}; see {log_path})")
             return rc
         finally:
@@ -123,6 +140,7 @@ def run_local(cells: Sequence[Cell], sweep_dir: Path, gpus: str = "", gpus_per_c
             return {name: f.result() for name, f in futures.items()}
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
+            interrupt(list(running))
             raise
 
 
@@ -176,6 +194,8 @@ def run_slurm(cells: Sequence[Cell], sweep_dir: Path, args: argparse.Namespace) 
     if args.slurm_cluster == "slurm":  # the job unpickles CellJob: make this repository importable there
         params["slurm_setup"] = [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
     if args.slurm_extra:
+        if any("=" not in kv for kv in args.slurm_extra):
+            raise GridError(f"--slurm_extra {args.slurm_extra}: write KEY=VALUE, e.g. --slurm_extra constraint=a100")
         params["slurm_additional_parameters"] = dict(kv.split("=", 1) for kv in args.slurm_extra)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     jobs_path = sweep_dir / "jobs.json"
@@ -195,7 +215,7 @@ def run_slurm(cells: Sequence[Cell], sweep_dir: Path, args: argparse.Namespace) 
         log.info("submitted %s as job %s", cell.name, job.job_id)
     jobs_path.write_text(json.dumps(known, indent=2))
     if not args.wait:
-        return {}
+        return {name: 0 for name in submitted}
     codes = {}
     for name, job in submitted.items():
         try:
@@ -256,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         if args.gpus_per_cell < 1:
             raise GridError("--gpus_per_cell must be >= 1")
+        if args.executor == "local" and args.gpus_per_cell > 1 and not args.gpus:
+            raise GridError("--gpus_per_cell needs --gpus (e.g. --gpus 0,1,2,3 --gpus_per_cell 2)")
         grid = load_grid(args.grid).with_overrides(args.sets, args.seeds, args.methods)
         sweep_dir = Path(args.sweep_dir or Path("sweeps") / grid.name).resolve()
         cells = grid.cells()
