@@ -1,0 +1,316 @@
+"""Grids of runs: the paper's tables (``training/grids/*.toml``) and your own, expanded into cells.
+
+A grid is an entry script, fixed flags, axes to sweep, methods and seeds; a cell is one run of it, an ordinary
+run folder ``<sweep_dir>/<cell name>``. The grid file also holds the paper's number of each (method, setting).
+The state of a cell is read from its run folder's files, so it is the same for the sweep, the report and any
+run started by hand.
+
+    title = "CIFAR-10, instance-dependent noise"
+    script = "instanceGM.py"            # entry script, relative to the repository root
+    methods = ["instancegm", "dividemix"]
+    seeds = [1, 2, 3]
+    compare = "best"                    # which accuracy the paper's number is compared with
+    [flags]                             # fixed flags: --dataset cifar10
+    dataset = "cifar10"
+    [axes]                              # swept flags: one cell per combination
+    r = [0.2, 0.5]
+    [paper.instancegm]                  # paper numbers per setting ("r=0.2"); a plain number without axes
+    "r=0.2" = 96.68
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Union
+
+from training.config import METHODS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+# Accuracies a run's summary.json gives; "compare" picks the one set against the paper's number.
+ACCURACIES = ("last", "best", "mean_last10", "at_best_val")
+
+Value = Union[str, int, float, bool]
+
+
+class GridError(ValueError):
+    """A grid that cannot be used; the message says what to change."""
+
+
+def format_value(value: Value) -> str:
+    """One spelling of a flag value, for labels, folder names and the command line (0.2, 45, true)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parse_value(text: str) -> Value:
+    """A command-line value as TOML would have typed it: int, float, boolean or string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def setting_label(setting: Mapping[str, Value]) -> str:
+    """``r=0.2`` (axes in grid order, comma-separated); "" for a grid without axes."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in setting.items())
+
+
+def _normalise_label(label: str) -> str:
+    if not label:
+        return ""
+    pairs = [part.split("=", 1) for part in label.split(",")]
+    if any(len(p) != 2 for p in pairs):
+        raise GridError(f'paper key {label!r}: write settings as axis=value, e.g. "r=0.2"')
+    return setting_label({k.strip(): parse_value(v.strip()) for k, v in pairs})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: what to run, where its folder is, and what the paper reports for it."""
+
+    grid: str
+    script: str
+    flags: tuple[tuple[str, Value], ...]  # fixed flags and this cell's axis values, in order
+    setting: str  # the axis values as a label, "r=0.2"
+    method: str
+    seed: int
+    paper: float | None
+
+    @property
+    def name(self) -> str:
+        """Run folder name: ``r0.2_instancegm_seed1`` (``instancegm_seed1`` without axes)."""
+        parts = [s.replace("=", "") for s in self.setting.split(",") if s]
+        return "_".join([*parts, self.method, f"seed{self.seed}"]).replace("/", "-")
+
+    def argv(self, sweep_dir: Path, torchrun: bool = False) -> list[str]:
+        """The entry script's flags; every cell resumes its own folder if it holds a checkpoint."""
+        out: list[str] = []
+        for key, value in self.flags:
+            # torchrun's own parser takes --r for one of its --rdzv* options: use the alias there.
+            flag = "noise_rate" if torchrun and key == "r" else key
+            out += [f"--{flag}", format_value(value)]
+        return out + [
+            "--method", self.method, "--seed", str(self.seed),
+            "--output_dir", str(sweep_dir), "--run_name", self.name, "--resume", "auto",
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "grid": self.grid,
+            "script": self.script,
+            "flags": [list(kv) for kv in self.flags],
+            "setting": self.setting,
+            "method": self.method,
+            "seed": self.seed,
+            "paper": self.paper,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
+        return cls(
+            grid=data["grid"],
+            script=data["script"],
+            flags=tuple((k, v) for k, v in data["flags"]),
+            setting=data["setting"],
+            method=data["method"],
+            seed=int(data["seed"]),
+            paper=data.get("paper"),
+        )
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    script: str
+    title: str = ""
+    flags: dict[str, Value] = field(default_factory=dict)
+    axes: dict[str, list[Value]] = field(default_factory=dict)
+    methods: tuple[str, ...] = ("instancegm",)
+    seeds: tuple[int, ...] = (1,)
+    compare: str = "best"  # which accuracy the paper number is set against
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> setting label -> accuracy %
+    paper_note: str = ""
+
+    def cells(self) -> list[Cell]:
+        """The product of axes x methods x seeds, settings outermost (the order of the paper's table)."""
+        keys = list(self.axes)
+        out = []
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            setting = dict(zip(keys, values))
+            label = setting_label(setting)
+            flags = tuple({**self.flags, **setting}.items())
+            for method in self.methods:
+                for seed in self.seeds:
+                    paper = self.paper.get(method, {}).get(label)
+                    out.append(Cell(self.name, self.script, flags, label, method, seed, paper))
+        return out
+
+    def with_overrides(
+        self,
+        sets: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
+        methods: Sequence[str] | None = None,
+    ) -> Grid:
+        """``--set key=v1,v2`` makes ``key`` an axis; one value sets a fixed flag, or narrows an axis of the grid
+        (``--set r=0.5`` on a grid over r keeps r in the cell names and the paper's numbers).
+        ``--seeds`` and ``--methods`` replace the grid's."""
+        flags, axes = dict(self.flags), dict(self.axes)
+        for item in sets:
+            key, sep, values = item.partition("=")
+            key = key.strip().lstrip("-")
+            if not sep or not key or not values:
+                raise GridError(f"--set {item!r}: write KEY=VALUE or KEY=V1,V2,... (e.g. --set r=0.2,0.4)")
+            parsed = [parse_value(v.strip()) for v in values.split(",")]
+            flags.pop(key, None)
+            was_axis = axes.pop(key, None) is not None
+            if len(parsed) == 1 and not was_axis:
+                flags[key] = parsed[0]
+            else:
+                axes[key] = parsed
+        if "method" in flags or "method" in axes or "seed" in flags or "seed" in axes:
+            raise GridError("set methods and seeds with --methods and --seeds, not --set")
+        return replace(
+            self,
+            flags=flags,
+            axes=axes,
+            seeds=tuple(seeds) if seeds else self.seeds,
+            methods=_check_methods(methods) if methods else self.methods,
+        )
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise GridError(f"methods {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}")
+    return tuple(methods)
+
+
+def named_grids() -> list[str]:
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
+
+
+def load_grid(spec: str) -> Grid:
+    """A grid by name (``cifar100_idn``: ``training/grids/cifar100_idn.toml``) or from a TOML file path."""
+    path = Path(spec)
+    if path.suffix != ".toml":
+        path = GRIDS_DIR / f"{spec}.toml"
+    if not path.exists():
+        raise GridError(f"grid {spec!r}: not a TOML file nor one of the named grids ({', '.join(named_grids())})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise GridError(f"{path}: {err}") from None
+    return grid_from_dict(data, default_name=path.stem)
+
+
+def grid_from_dict(data: Mapping[str, Any], default_name: str = "grid") -> Grid:
+    known = {"name", "title", "script", "flags", "axes", "methods", "seeds", "compare", "paper", "paper_note"}
+    unknown = set(data) - known
+    if unknown:
+        raise GridError(f"unknown grid key(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(known))}")
+    if "script" not in data:
+        raise GridError('a grid needs script = "instanceGM.py" (the entry script of its runs)')
+    script = str(data["script"])
+    if not (ROOT / script).exists():
+        raise GridError(f"script {script!r}: no such entry script in {ROOT}")
+    compare = str(data.get("compare", "best"))
+    if compare not in ACCURACIES:
+        raise GridError(f"compare = {compare!r}: choose one of {', '.join(ACCURACIES)}")
+    axes = {str(k): list(v) if isinstance(v, list) else [v] for k, v in dict(data.get("axes", {})).items()}
+    paper: dict[str, dict[str, float]] = {}
+    for method, values in dict(data.get("paper", {})).items():
+        if isinstance(values, (int, float)):
+            values = {"": values}
+        paper[method] = {_normalise_label(k): float(v) for k, v in values.items()}
+    return Grid(
+        name=str(data.get("name", default_name)),
+        script=script,
+        title=str(data.get("title", "")),
+        flags=dict(data.get("flags", {})),
+        axes=axes,
+        methods=_check_methods(list(data.get("methods", ["instancegm"]))),
+        seeds=tuple(int(s) for s in data.get("seeds", (1,))),
+        compare=compare,
+        paper=paper,
+        paper_note=str(data.get("paper_note", "")),
+    )
+
+
+def grid_to_dict(grid: Grid) -> dict[str, Any]:
+    return {
+        "name": grid.name,
+        "title": grid.title,
+        "script": grid.script,
+        "flags": grid.flags,
+        "axes": grid.axes,
+        "methods": list(grid.methods),
+        "seeds": list(grid.seeds),
+        "compare": grid.compare,
+        "paper": grid.paper,
+        "paper_note": grid.paper_note,
+    }
+
+
+# ================================================================ state of a run folder ========================
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    """summary.json written after all of the run's --num_epochs epochs (a summary of fewer is not finished)."""
+    summary, info = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
+    if not summary or not info:
+        return False
+    epochs = summary.get("test/acc", {}).get("epochs")
+    return epochs is not None and epochs >= int(info.get("config", {}).get("num_epochs", 0))
+
+
+def cell_state(run_dir: Path) -> str:
+    """finished | partial (a checkpoint, not all epochs) | pending (nothing yet)."""
+    if is_finished(run_dir):
+        return "finished"
+    if (run_dir / "checkpoint.pt").exists() or (run_dir / "metrics.jsonl").exists():
+        return "partial"
+    return "pending"
+
+
+# ================================================================ sweep manifest ==============================
+MANIFEST = "sweep.json"
+
+
+def write_manifest(sweep_dir: Path, grid: Grid, cells: Sequence[Cell]) -> None:
+    """``sweep.json``: the grid and every cell ever asked for in this folder (a later, larger sweep adds cells)."""
+    old = read_json(sweep_dir / MANIFEST) or {}
+    merged = {c["name"]: c for c in old.get("cells", [])}
+    merged.update({c.name: c.to_dict() for c in cells})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = sweep_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"grid": grid_to_dict(grid), "cells": list(merged.values())}, indent=2))
+    tmp.replace(sweep_dir / MANIFEST)
+
+
+def read_manifest(sweep_dir: Path) -> tuple[Grid, list[Cell]] | None:
+    data = read_json(sweep_dir / MANIFEST)
+    if data is None:
+        return None
+    return grid_from_dict(data["grid"]), [Cell.from_dict(c) for c in data["cells"]]
