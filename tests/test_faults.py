@@ -150,7 +150,7 @@ def _full_disk_open(target: str):
 
     def fake_open(path, mode="r", *args, **kwargs):
         fh = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 -- returned to the caller
-        return Full(fh) if target in Path(path).name and "w" in mode else fh
+        return Full(fh) if target in Path(path).name and ("w" in mode or "a" in mode) else fh
 
     return fake_open
 
@@ -318,6 +318,8 @@ def test_write_failures_name_the_folder_and_the_fix(tmp_path, code, fix):
     run_dir.mkdir()
     err = rundir.write_error(OSError(code, os.strerror(code), str(run_dir / "metrics.jsonl")), run_dir)
     assert str(err) == f"cannot write in {run_dir} ({os.strerror(code)}): {fix}" + str(err).split(fix, 1)[1]
+    elsewhere = rundir.write_error(OSError(code, os.strerror(code), "/elsewhere/labels.npy"), run_dir)
+    assert str(elsewhere).startswith(f"cannot use /elsewhere/labels.npy ({os.strerror(code)}): ")  # not the run's
     assert rundir.write_error(OSError(errno.EIO, "I/O error"), run_dir) is None  # not a user's to fix
 
 
@@ -395,3 +397,15 @@ def test_user_supplied_noise_file_is_not_to_be_deleted(tmp_path):
     with pytest.raises(DataConfigError) as err:
         make_noisy_labels(cfg, "cifar10", np.zeros((8, 2, 2, 3), np.uint8), np.arange(8) % 10, 10, cache_dir=tmp_path)
     assert "holds 5 labels but the training set has 8" in str(err.value) and "delete" not in str(err.value)
+
+
+def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    from training import metrics
+
+    sink = metrics.MetricSink(tmp_path)
+    sink.log_epoch({"epoch": 0, "test/acc": 50.0})
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    monkeypatch.setattr(metrics, "open", _full_disk_open("metrics.jsonl"), raising=False)
+    with pytest.raises(OSError):
+        sink.log_epoch({"epoch": 1, "test/acc": 60.0})
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # no half line

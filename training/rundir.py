@@ -221,7 +221,8 @@ def _choose_resume(run_dir: Path, resume: str) -> Path | None:
         if held:
             raise RunFolderError(
                 f"{run_dir} holds another run ({', '.join(held)}); continuing {path} there would replace its "
-                "history: pass a new --run_name to continue it in a folder of its own"
+                "history: pass a new --run_name to continue it in a folder of its own (or --resume auto to "
+                "continue the run that folder holds)"
             )
         return path
     if own.exists():
@@ -293,9 +294,11 @@ def write_error(err: OSError, run_dir: Path | None) -> RunFolderError | None:
     fix = _FIXES.get(err.errno)
     if fix is None or isinstance(err, FileNotFoundError):
         return None
-    folder = run_dir
-    if err.filename and (run_dir is None or not Path(err.filename).resolve().is_relative_to(run_dir.resolve())):
-        folder = Path(err.filename).parent  # a file outside the run folder (noise labels, caches)
+    reason = os.strerror(err.errno)
+    outside = err.filename and (run_dir is None or not Path(err.filename).resolve().is_relative_to(run_dir.resolve()))
+    if outside:  # not the run folder: a data, cache or noise-label file
+        fix = fix.split(":")[0]
+        return RunFolderError(f"cannot use {err.filename} ({reason}): {fix}; choose a folder that allows it")
     saved = run_dir is not None and (run_dir / ckpt_lib.FILENAME).exists()
     after = "; what was saved is intact: continue with --resume auto" if saved else ""
-    return RunFolderError(f"cannot write in {folder} ({os.strerror(err.errno)}): {fix}{after}")
+    return RunFolderError(f"cannot write in {run_dir} ({reason}): {fix}{after}")
