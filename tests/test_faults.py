@@ -1,5 +1,6 @@
-"""Fault injection on tiny real runs (Debian's Fashion-MNIST): SIGKILL at every phase, a full disk, two runs in
-one folder, a checkpoint resumed into another run's folder, bad paths and Ctrl-C.
+"""Fault injection on tiny real runs (Debian's Fashion-MNIST; DivideMix for speed, the generative model's resume
+is bit-checked in test_engine.py): SIGKILL at every phase, a full disk, two runs in one folder, a checkpoint
+resumed into another run's folder, bad paths and Ctrl-C.
 
 Each case ends in the uninterrupted run's metrics, bit for bit (CPU, one process), or in a one-line refusal that
 leaves every file already written as it was. Kills are real SIGKILLs of forked processes, stopped exactly at the
@@ -45,9 +46,9 @@ def base(tmp_path_factory) -> Path:
 
 def _argv(base: Path, name: str, *extra: str) -> list[str]:
     return [
-        "--dataset", "fashionmnist", "--r", "0.4", "--train_subset", "80", "--balanced_subset",
-        "--test_subset", "64", "--width", "8", "--batch_size", "16", "--lr", "0.05", "--num_epochs", "3",
-        "--warm_up", "1", "--seed", "5", "--log_interval", "2", "--num_workers", "0",
+        "--dataset", "fashionmnist", "--method", "dividemix", "--r", "0.4", "--train_subset", "64",
+        "--balanced_subset", "--test_subset", "32", "--width", "8", "--batch_size", "16", "--lr", "0.05",
+        "--num_epochs", "3", "--warm_up", "1", "--seed", "5", "--log_interval", "2", "--num_workers", "0",
         "--output_dir", str(base / "runs"), "--noise_dir", str(base / "noise"), "--run_name", name, *extra,
     ]  # fmt: skip
 
@@ -112,6 +113,9 @@ def _assert_same_run(got: Path, expected: Path) -> None:
     b = torch.load(expected / ckpt_lib.FILENAME, weights_only=True)["peers"]
     for name in ("net1", "net2"):
         for part in ("net", "vae"):
+            if b[name][part] is None:  # no generative model (DivideMix)
+                assert a[name][part] is None
+                continue
             assert a[name][part].keys() == b[name][part].keys()
             assert all(torch.equal(a[name][part][k], b[name][part][k]) for k in a[name][part])
 
@@ -210,8 +214,8 @@ def test_checkpoint_into_another_runs_folder_is_refused(base, reference, capsys)
     "extra,needle",
     [
         (["--noise_seed", "7"], "noise_seed: checkpoint 123 vs now 7"),
-        (["--train_subset", "70"], "train_subset: checkpoint 80 vs now 70"),
-        (["--test_subset", "32"], "test_subset"),
+        (["--train_subset", "70"], "train_subset: checkpoint 64 vs now 70"),
+        (["--test_subset", "16"], "test_subset: checkpoint 32 vs now 16"),
     ],
 )
 def test_resume_with_other_samples_or_labels_is_refused(base, reference, capsys, extra, needle):
@@ -258,8 +262,7 @@ def test_ctrl_c_before_the_first_checkpoint(base, capsys, monkeypatch):
     run_dir = base / "runs" / "ctrlc"
     assert _one_line(capsys) == f"interrupted before the first epoch completed; nothing to resume in {run_dir}"
     assert not (run_dir / "run.lock").exists()
-    monkeypatch.delenv("INSTANCEGM_FAULT")
-    assert _run(base, "ctrlc", "--method", "ce", "--num_epochs", "1") == 0  # a fresh start there is allowed
+    assert rundir.open_run_folder(str(base / "runs"), "ctrlc", "", create=False).resume is None  # may start anew
 
 
 def test_ctrl_c_during_start_up_needs_no_import(monkeypatch, capsys):
