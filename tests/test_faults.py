@@ -297,6 +297,21 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     assert path.read_text() == "x"
 
 
+def test_output_dir_on_a_read_only_file_system(tmp_path, capsys, monkeypatch):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as exc:
+        instanceGM.main(["--dataset", "fashionmnist", "--output_dir", str(tmp_path / "ro"), "--run_name", "x"])
+    assert exc.value.code == 2
+    err = _one_line(capsys)
+    assert err == (
+        f"error: cannot write in {tmp_path / 'ro' / 'x'} (Read-only file system): "
+        "the file system is read-only: pass a writable --output_dir"
+    )
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
 def test_output_dir_without_write_permission(tmp_path, capsys):
     locked = tmp_path / "locked"
