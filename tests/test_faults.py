@@ -427,3 +427,12 @@ def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path, mo
     with pytest.raises(OSError):
         sink.log_epoch({"epoch": 1, "test/acc": 60.0})
     assert (tmp_path / "metrics.jsonl").read_bytes() == before  # no half line
+
+
+def test_unreadable_noise_file_advice_depends_on_who_made_it(tmp_path):
+    import tools
+
+    (tmp_path / "mine.npy").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError) as err:
+        tools.load_label_file(tmp_path / "mine.npy")  # the user's --noise_file: theirs to replace, not delete
+    assert "pass a .npy or .pt file of integer labels" in str(err.value) and "delete" not in str(err.value)
