@@ -342,10 +342,12 @@ def noise_file_name(dataset: str, mode: str, rate: float, seed: int) -> str:
     return f"{dataset}_{mode}_r{float(rate)!r}_seed{int(seed)}.npy"
 
 
-def load_label_file(path: PathLike) -> np.ndarray:
+def load_label_file(path: PathLike, generated: bool = False) -> np.ndarray:
     """Load a noisy-label file: ``.npy`` via ``np.load``, ``.pt`` via ``torch.load(weights_only=True)``.
 
     A ``.pt`` file may hold a tensor or, like the original's ``<r>_instance.pt``, a torch.save'd numpy array.
+    ``generated``: a cached file this code made (an unreadable one may be deleted to regenerate it), not the
+    user's own.
     """
     path = Path(path)
     try:
@@ -358,7 +360,8 @@ def load_label_file(path: PathLike) -> np.ndarray:
         return _to_label_array(content, str(path))
     except Exception as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"noise file {path} is unreadable ({detail}); delete it to regenerate") from err
+        fix = "delete it to regenerate" if generated else "pass a .npy or .pt file of integer labels"
+        raise ValueError(f"noise file {path} is unreadable ({detail}); {fix}") from err
 
 
 def _save_label_file_atomic(path: Path, labels: np.ndarray) -> None:
@@ -387,7 +390,7 @@ def get_or_create_noisy_labels(path: PathLike, create_fn: Callable[[], Any]) -> 
     """
     path = Path(path)
     if path.exists():
-        return load_label_file(path), False
+        return load_label_file(path, generated=True), False
     labels = _to_label_array(create_fn(), "create_fn() result")
     _save_label_file_atomic(path, labels)
     return labels, True

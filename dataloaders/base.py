@@ -517,8 +517,18 @@ class InMemoryDataModule(NoisyDataModule):
         return to_float(images), self.noisy_labels[:count], clean
 
 
-def select_subset(labels: np.ndarray, size: int, num_classes: int, balanced: bool) -> np.ndarray:
+def check_subset_size(size: int, available: int, strict: bool = True) -> None:
+    """``--train_subset`` larger than the training set is an error (``strict``; smoke runs cap it silently)."""
+    if strict and size > available:
+        raise DataConfigError(
+            f"--train_subset {size}: the training set has only {available} samples; "
+            f"pass at most {available} (or 0 for all of them)"
+        )
+
+
+def select_subset(labels: np.ndarray, size: int, num_classes: int, balanced: bool, strict: bool = True) -> np.ndarray:
     """Indices of a training subset: the first ``size`` samples, or the first size/K of each class."""
+    check_subset_size(size, len(labels), strict)
     if size <= 0 or size >= len(labels):
         return np.arange(len(labels))
     if not balanced:

@@ -52,6 +52,7 @@ from .base import (
     _KeySampler,
     _OnDevice,
     _RandomBatchSampler,
+    check_subset_size,
 )
 
 log = logging.getLogger("dataloaders")
@@ -189,6 +190,7 @@ class Clothing1MDataModule(NoisyDataModule):
         seed: int = 0,
         train_subset: int = 0,
         test_subset: int = 0,
+        strict_subset: bool = True,  # False (smoke runs): a train_subset above the set's size means all
     ):
         root = Path(root).expanduser()
         missing = [name for name in ANNOTATIONS if not (root / name).is_file()]
@@ -197,6 +199,7 @@ class Clothing1MDataModule(NoisyDataModule):
             raise DatasetNotFoundError(f"Clothing1M {what} under --data_path {root}: expected " + _layout(root))
         noisy_kv, clean_kv = read_kv(root / ANNOTATIONS[0]), read_kv(root / ANNOTATIONS[1])
         train_keys = read_keys(root / ANNOTATIONS[2])
+        check_subset_size(train_subset, len(train_keys), strict_subset)
         if 0 < train_subset < len(train_keys):
             train_keys = train_keys[:train_subset]  # for quick runs: the first N keys of the list
         val_keys, test_keys = read_keys(root / ANNOTATIONS[3]), read_keys(root / ANNOTATIONS[4])
@@ -334,5 +337,6 @@ def build_clothing1m(cfg, device: torch.device | str = "cpu") -> Clothing1MDataM
         num_workers=cfg.num_workers,
         seed=cfg.seed,
         train_subset=cfg.train_subset,
+        strict_subset=not cfg.smoke,
         test_subset=cfg.test_subset,
     )

@@ -7,7 +7,8 @@ dataset this project can train on anywhere.
 Accepted layouts (gzip-compressed or not): the four files ``train-images-idx3-ubyte``,
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` directly in
 ``--data_path``, in ``<data_path>/FashionMNIST/raw`` (torchvision's root), or in the Debian folder (the
-default, and the fallback when ``--data_path`` has none of them).
+default, and the fallback when the configuration's default ``--data_path`` has none of them; a path the user
+chose that holds none of them is an error).
 
 The 28x28 grayscale images are zero-padded to 32x32 (2 pixels each side) and replicated to 3 channels:
 uint8 N x 32 x 32 x 3, so every 32x32 model and augmentation applies unchanged.
@@ -15,6 +16,7 @@ uint8 N x 32 x 32 x 3, so every 32x32 model and augmentation applies unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 from pathlib import Path
@@ -64,18 +66,21 @@ def _locate(folder: Path) -> list[Path] | None:
     return found
 
 
-def find_fashion_mnist(data_path: str | Path | None) -> list[Path]:
-    """Paths of the four idx files: in ``data_path``, its ``FashionMNIST/raw``, else the Debian folder."""
+def find_fashion_mnist(data_path: str | Path | None, fallback: bool | None = None) -> list[Path]:
+    """Paths of the four idx files: in ``data_path`` or its ``FashionMNIST/raw``; the Debian folder when
+    ``fallback`` (default: only when no ``data_path`` is given -- an explicit path without the files is an error).
+    """
     folders = []
     if data_path:
         root = Path(data_path).expanduser()
         folders += [root, root / "FashionMNIST" / "raw"]
-    folders.append(DEBIAN_PATH)
+    if fallback or (fallback is None and not data_path):
+        folders.append(DEBIAN_PATH)
     for folder in folders:
         files = _locate(folder)
         if files is not None:
             if data_path and folder == DEBIAN_PATH and Path(data_path).expanduser() != DEBIAN_PATH:
-                log.info("Fashion-MNIST: not in --data_path %s; using the Debian package's %s", data_path, folder)
+                log.info("Fashion-MNIST: not in the default --data_path %s; using Debian's %s", data_path, folder)
             return files
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found in {', '.join(map(str, dict.fromkeys(folders)))}: expected "
@@ -90,8 +95,8 @@ def pad_to_rgb32(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=-1))
 
 
-def load_fashion_mnist(data_path: str | Path | None = None) -> ArrayDataset:
-    files = find_fashion_mnist(data_path)
+def load_fashion_mnist(data_path: str | Path | None = None, fallback: bool | None = None) -> ArrayDataset:
+    files = find_fashion_mnist(data_path, fallback)
     train_x, train_y, test_x, test_y = (read_idx(p) for p in files)
     for images, labels, path in ((train_x, train_y, files[0]), (test_x, test_y, files[2])):
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
@@ -113,4 +118,6 @@ def load_fashion_mnist(data_path: str | Path | None = None) -> ArrayDataset:
 
 
 def build_fashion_mnist(cfg, device: torch.device | str = "cpu"):
-    return build_in_memory(cfg, device, load_fashion_mnist(cfg.data_path))
+    # The Debian folder stands in only for a path the user did not choose (the configuration's default).
+    default = {f.name: f.default for f in dataclasses.fields(cfg)}.get("data_path")
+    return build_in_memory(cfg, device, load_fashion_mnist(cfg.data_path, fallback=cfg.data_path in ("", default)))

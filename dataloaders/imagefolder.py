@@ -192,7 +192,7 @@ def load_imagefolder(cfg) -> tuple[ArrayDataset, list[Path], list[Path], dict]:
             100 * HOLDOUT_FRACTION,
             ". Its labels are the folders' (noisy) ones: test accuracy = agreement with noisy labels" if noisy else "",
         )
-    keep = select_subset(train.labels, cfg.train_subset, num_classes, cfg.balanced_subset)
+    keep = select_subset(train.labels, cfg.train_subset, num_classes, cfg.balanced_subset, not cfg.smoke)
     found = len(train.paths)
     if cfg.noise_mode == "real" and len(keep) < found:
         # Real labels need nothing from the full set: decode only the subset (build_in_memory's own subset

@@ -87,7 +87,9 @@ def build_in_memory(cfg, device: torch.device | str, data: ArrayDataset) -> InMe
             "sha256_of": sha_of,
         }
 
-    keep = select_subset(noisy if clean is None else clean, cfg.train_subset, data.num_classes, cfg.balanced_subset)
+    keep = select_subset(
+        noisy if clean is None else clean, cfg.train_subset, data.num_classes, cfg.balanced_subset, not cfg.smoke
+    )
     images = data.train_images
     if len(keep) < len(noisy):  # the subset keeps the full-set noisy labels
         images, noisy, clean = images[keep], noisy[keep], None if clean is None else clean[keep]

@@ -77,12 +77,16 @@ def label_digest(path: Path | None, labels: np.ndarray) -> tuple[str, str]:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest(), "labels"
 
 
-def _check(labels: np.ndarray, num_samples: int, num_classes: int, source: str) -> np.ndarray:
+def _check(labels: np.ndarray, num_samples: int, num_classes: int, source: str, generated: bool) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (num_samples,):
+        fix = (
+            "delete it to generate it again"
+            if generated
+            else f"pass a --noise_file made for this dataset (one label per training sample, {num_samples})"
+        )
         raise DataConfigError(
-            f"{source} holds {labels.size} labels but the training set has {num_samples} samples; "
-            "delete it (generated files are recreated) or pass the file made for this dataset"
+            f"{source} holds {labels.size} labels but the training set has {num_samples} samples; {fix}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataConfigError(f"{source} has labels outside [0, {num_classes})")
@@ -159,7 +163,8 @@ def make_noisy_labels(
             f"--noise_mode {mode!r}: {dataset} takes synthetic noise ({', '.join(SYNTHETIC_MODES)}) "
             "or human labels (--noise_mode human --noise_file FILE)"
         )
-    noisy = _check(noisy, len(clean), num_classes, str(path) if path else "the generated labels")
+    generated = seed is not None  # a cached file this code made (not the user's --noise_file)
+    noisy = _check(noisy, len(clean), num_classes, str(path) if path else "the generated labels", generated)
     info = noise_report(clean, noisy, num_classes, mode=mode, rate=rate, seed=seed, path=path, created=created)
     where = f"{'created' if created else 'loaded'} {path}" if path else "clean labels (r = 0)"
     what = mode if rate is None else f"{mode}, r={rate:g}"

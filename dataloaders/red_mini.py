@@ -146,7 +146,7 @@ def build_red_mini(cfg, device: torch.device | str = "cpu"):
     noisy = np.asarray(arrays.train_labels)
     data.noise_info.update(clean_source="split/red_noise_nl_0.0", realised_rate=float(np.mean(noisy != clean)))
     # The same training subset build_in_memory took (it selects on the given labels when the truth is unknown).
-    keep = select_subset(noisy, cfg.train_subset, NUM_CLASSES, cfg.balanced_subset)
+    keep = select_subset(noisy, cfg.train_subset, NUM_CLASSES, cfg.balanced_subset, not cfg.smoke)
     data.clean_labels = torch.as_tensor(clean[keep])
     if len(keep) < len(noisy):
         data.noise_info["subset_realised_rate"] = float(np.mean(noisy[keep] != clean[keep]))

@@ -185,10 +185,17 @@ def test_fashion_mnist_missing_message(tmp_path, monkeypatch):
 def test_fashion_mnist_default_path_and_fallback(tiny_fashion_mnist, tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_PATH", tiny_fashion_mnist.official)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    for data_path in ("", str(tmp_path / "empty")):  # none given / given but empty -> the Debian folder
-        data = fashion_mnist.load_fashion_mnist(data_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # none given / the configuration's default path without the files -> the Debian folder
+    for data_path, fallback in (("", None), ("./cifar-10", True)):
+        data = fashion_mnist.load_fashion_mnist(data_path, fallback)
         assert len(data.train_images) == 30
         assert data.noise_cache_dir == str(tmp_path / "cache" / "instancegm" / "noise")  # not the system dir
+    # a folder the user chose that holds no data is an error naming what was expected there
+    with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte") as err:
+        build_data(make_cfg(dataset="fashionmnist", data_path=str(empty)))
+    assert f"not found in {empty}, {empty / 'FashionMNIST' / 'raw'}: expected" in str(err.value)  # no fallback
     module = build_data(make_cfg(dataset="fashionmnist", data_path="", r=0.3))
     assert Path(module.noise_info["file"]).parent == tmp_path / "cache" / "instancegm" / "noise"
 
@@ -534,6 +541,10 @@ def test_train_subset_keeps_full_set_noise(tiny_cifar10):
     assert torch.equal(balanced.noisy_labels, full.noisy_labels[keep])
     with pytest.raises(DataConfigError, match="no room for 10 classes"):
         select_subset(tiny_cifar10.train_labels, 5, 10, balanced=True)
+    # larger than the set: an error that states the set's size (not silently all samples, unbalanced)
+    with pytest.raises(DataConfigError, match="--train_subset 101: the training set has only 100 samples"):
+        build_data(cfg.replace(train_subset=101, balanced_subset=True))
+    assert build_data(cfg.replace(train_subset=100)).num_train == 100
 
 
 def test_real_noise_arrays(tiny_cifar10):

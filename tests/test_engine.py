@@ -143,7 +143,9 @@ def test_nan_loss_stops_with_pointer_to_last_checkpoint(tmp_path, capsys):
         _run(tmp_path, "--lr", "1e12", "--num_epochs", "3", "--train_subset", "200")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "NaN/inf" in err and "--resume auto" in err
+    # named as the log numbers epochs (from 1); no checkpoint to point at yet
+    assert "net1: the loss became NaN/inf in epoch 1 (non-finite: loss, ce)" in err
+    assert "no epoch completed yet: start again after lowering --lr" in err and "--resume auto" not in err
 
 
 @needs_fmnist

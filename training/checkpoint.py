@@ -8,13 +8,14 @@ generator) and ``git_sha``. The original saved no Adam state and had no resume (
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.runtime import atomic_write_bytes
 
 FORMAT = "instancegm-checkpoint/1"
 FILENAME = "checkpoint.pt"
@@ -25,17 +26,14 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+    """torch.save into memory, then :func:`atomic_write_bytes` (temporary file, fsync, rename over ``path``).
 
-    A run killed during the write leaves the previous checkpoint intact.
+    Serialising first turns a full disk into a plain ``OSError`` (ENOSPC) instead of torch's opaque
+    ``RuntimeError``, and a run killed during the write leaves the previous file intact.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getbuffer())
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -43,12 +41,15 @@ def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --resume (use 'auto' for this run's own)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); resume from another file or start a new run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- a text or truncated file fails in many ways (IndexError, ...)
+        first = (str(err).splitlines() or [""])[0][:160]
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a checkpoint of this project ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:160]}); resume from another file or start a new run"
+            f"checkpoint {path} is corrupt or not a checkpoint of this project ({type(err).__name__}"
+            f"{': ' + first if first else ''}); resume from another file or start a new run"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -60,19 +61,31 @@ def load(path: str | os.PathLike) -> dict:
 
 
 # Fields that must agree between a checkpoint and the run resuming it: anything that changes the shapes of the
-# saved tensors or what the saved epoch counter means.
+# saved tensors, what the saved epoch counter means, or which samples, labels and model the run uses.
 _MUST_MATCH = (
     "dataset",
     "num_classes",
-    "backbone",
-    "width",
-    "method",
-    "z_dim",
-    "vae_size",
+    "train_subset",
+    "balanced_subset",
+    "test_subset",
+    "num_batches",
     "noise_mode",
     "r",
-    "train_subset",
+    "noise_file",
+    "noise_key",
+    "noise_seed",
+    "noise_norm_std",
+    "backbone",
+    "width",
+    "vae_size",
+    "z_dim",
+    "method",
+    "normalize_inputs",
+    "gaussian_reparam",
+    "single_sigmoid",
+    "vae_fixed_subset",
     "batch_size",
+    "seed",
 )
 
 
@@ -80,7 +93,7 @@ def check_compatible(saved: dict, current: dict, path: str | os.PathLike) -> Non
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
         for k in _MUST_MATCH
-        if saved.get(k) != current.get(k)
+        if k in saved and saved[k] != current.get(k)  # (a key the checkpoint predates is not compared)
     ]
     if diffs:
         raise CheckpointError(

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from training import checkpoint as ckpt_lib
-from training import dashboards
+from training import dashboards, faults, rundir
 from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
-from training.metrics import MetricSink, truncate_jsonl
+from training.metrics import MetricSink
 from training.runtime import (
     atomic_write_text,
     autocast_factory,
@@ -24,7 +24,7 @@ from training.runtime import (
     restore_rng_state,
     seed_everything,
 )
-from training.trainer import CoTrainer, Peer, TrainingDiverged
+from training.trainer import CoTrainer, Peer
 
 log = logging.getLogger("training")
 
@@ -109,40 +109,37 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
     return peers
 
 
-def prepare_run_dir(cfg: Config, create: bool = True) -> tuple[Path, Path | None]:
-    """The run folder, and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
-    run_dir = Path(cfg.output_dir) / (cfg.run_name or cfg.default_run_name())
-    existing = run_dir / ckpt_lib.FILENAME
-    if cfg.resume == "auto":
-        resume = existing if existing.exists() else None
-    elif cfg.resume:
-        resume = Path(cfg.resume)
-        if not resume.exists():
-            raise ckpt_lib.CheckpointError(f"--resume {cfg.resume}: no such file")
-    else:
-        resume = None
-        if existing.exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run (checkpoint.pt); continue it with --resume auto, "
-                "or start another with --run_name NAME"
-            )
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, resume
+def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
+    """The locked run folder and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
+    return rundir.open_run_folder(cfg.output_dir, cfg.run_name or cfg.default_run_name(), cfg.resume, create)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``str()`` says what was saved and how to continue."""
+
+
+def _interrupted(run_dir: Path) -> RunInterrupted:
+    if (run_dir / ckpt_lib.FILENAME).exists():
+        return RunInterrupted(
+            f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with --resume auto"
+        )
+    return RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
 
 
 def main_run(cfg: Config) -> dict:
     """Everything after parsing: usable from Python (tests, benchmarks) with a Config.
 
-    Under torchrun every process runs this; rank 0 alone writes the run folder's files.
+    Under torchrun every process runs this; rank 0 alone takes the run folder's lock and writes its files.
     """
     from dataloaders import build_data
 
     cfg = apply_smoke(cfg.validate())
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
+    folder = None
     try:
-        run_dir, resume_path = prepare_run_dir(cfg, create=main)
+        folder = prepare_run_dir(cfg, create=main)
+        run_dir, resume_path = folder.path, folder.resume
         setup_logging(run_dir if main else None, quiet=not main)
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
@@ -152,6 +149,11 @@ def main_run(cfg: Config) -> dict:
             "run folder %s | device %s | method %s | processes %d", run_dir, device, cfg.method, info_dist.world_size
         )
 
+        state = None
+        if resume_path is not None:  # checked before any data is read: a mismatch fails in a second
+            state = ckpt_lib.load(resume_path)
+            ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
+
         # Rank 0 first: it may generate and cache the noisy labels, which the others then read.
         if not main:
             dist_lib.barrier(info_dist)
@@ -159,11 +161,10 @@ def main_run(cfg: Config) -> dict:
         if main:
             dist_lib.barrier(info_dist)
         data.set_distributed(info_dist.rank, info_dist.world_size, cfg.seed)
+        faults.point("build_peers")
         peers = build_peers(cfg, device)
         start_epoch, history, best, vae_pool = 0, [], {}, None
-        if resume_path is not None:
-            state = ckpt_lib.load(resume_path)
-            ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
+        if state is not None:
             for peer in peers:
                 peer.load_state_dict(state["peers"][peer.name])
             data.load_state_dict(state["data"])
@@ -177,9 +178,11 @@ def main_run(cfg: Config) -> dict:
                 state["best"],
                 state["vae_pool"],
             )
-            if main:
-                truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
             log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+        if main:  # the checkpoint's history is the reference for metrics.jsonl, splits.pt and summary.json
+            if resume_path is not None:
+                rundir.adopt_checkpoint(resume_path, run_dir)
+            rundir.sync_history(run_dir, history, start_epoch - 1, finished=start_epoch >= cfg.num_epochs)
         wrap_distributed(peers, cfg, info_dist, device)
 
         info = {
@@ -203,7 +206,7 @@ def main_run(cfg: Config) -> dict:
             sink.close()
         summary["run_dir"] = str(run_dir)
         if main:
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(run_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2))
         acc = summary.get("test/acc", {})
         if acc:
             log.info(
@@ -214,7 +217,18 @@ def main_run(cfg: Config) -> dict:
                 acc["mean_last10"],
             )
         return summary
+    except KeyboardInterrupt as err:
+        if folder is None or isinstance(err, RunInterrupted):
+            raise
+        raise _interrupted(folder.path) from None
+    except OSError as err:
+        failure = rundir.write_error(err, folder.path if folder else None)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
+        if folder is not None:
+            folder.close()
         dist_lib.cleanup(info_dist)
 
 
@@ -244,24 +258,28 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
             peer.ddp_vae = DDP(peer.vae, device_ids=ids)
 
 
-# Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from dataloaders.base import DataConfigError, DatasetNotFoundError
+# Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback. Looked up
+# among the modules already imported (an error class of a module never imported cannot have been raised), so
+# that handling an exception never imports anything (a Ctrl-C may have stopped an import half-way).
+_USER_ERRORS = {
+    "training.config": ("ConfigError",),
+    "training.checkpoint": ("CheckpointError",),
+    "training.rundir": ("RunFolderError",),
+    "training.trainer": ("TrainingDiverged",),
+    "dataloaders.base": ("DataConfigError", "DatasetNotFoundError"),
+    "models": ("PretrainedWeightsMissing",),
+}
 
-    errors: list[type[BaseException]] = [
-        ConfigError,
-        DataConfigError,
-        ckpt_lib.CheckpointError,
-        DatasetNotFoundError,
-        TrainingDiverged,
+
+def _is_user_error(err: BaseException) -> bool:
+    classes = [
+        getattr(sys.modules[module], name)
+        for module, names in _USER_ERRORS.items()
+        if module in sys.modules
+        for name in names
+        if hasattr(sys.modules[module], name)
     ]
-    try:
-        from models import PretrainedWeightsMissing
-
-        errors.append(PretrainedWeightsMissing)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return isinstance(err, tuple(classes))
 
 
 def run(
@@ -272,12 +290,12 @@ def run(
     try:
         cfg = parse_cli(presets, default, argv, description)
         return main_run(cfg)
-    except _user_errors() as err:
+    except KeyboardInterrupt as err:
+        detail = str(err) if isinstance(err, RunInterrupted) else "during start-up, before the first epoch completed"
+        print(f"interrupted {detail}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(
-            "interrupted: the last completed epoch is in checkpoint.pt; continue with --resume auto",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None

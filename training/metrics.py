@@ -104,9 +104,15 @@ class MetricSink:
             self.wandb.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        clean = {k: _jsonable(v) for k, v in record.items()}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(clean) + "\n")
+        line = jsonl_line(record).encode()
+        with open(self.path, "ab") as fh:
+            end = fh.tell()
+            try:
+                fh.write(line)
+                fh.flush()
+            except OSError:  # e.g. a full disk: leave no partial line behind
+                fh.truncate(end)
+                raise
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))})
 
@@ -132,16 +138,20 @@ class MetricSink:
             self.wandb.finish()
 
 
+def jsonl_line(record: dict[str, Any]) -> str:
+    """One epoch's line of ``metrics.jsonl`` (non-finite floats become null)."""
+    return json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def truncate_jsonl(path: Path, last_epoch: int) -> None:
-    """On resume, drop lines of epochs after the checkpoint (written before the interruption)."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("epoch", -1) <= last_epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    tmp.replace(path)
+    """The rows of a JSONL file; an unfinished last line (a file being written) is skipped with a warning."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            log.warning("%s: skipping an unfinished last line", path)
+    return rows

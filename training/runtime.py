@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import faults
 from training.config import ConfigError
 
 log = logging.getLogger("training")
@@ -113,7 +114,25 @@ def environment_info(device: torch.device) -> dict:
     return info
 
 
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file next to ``path`` (a name no other writer uses), fsync, rename.
+
+    A reader sees the old file or the new one, never a part; on any failure the temporary file is removed
+    and the error (a plain ``OSError`` such as ENOSPC) propagates with the old file untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        faults.point(f"rename:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())

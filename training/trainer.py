@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint as ckpt_lib
-from training import dashboards, dividemix, generative
+from training import dashboards, dividemix, faults, generative
 from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
@@ -134,6 +134,7 @@ class CoTrainer:
                 record["phase"] = "warmup" if cfg.method != "ce" else "ce"
                 for peer in self.peers:
                     record.update(self.warmup_epoch(epoch, peer))
+                    faults.point(f"epoch{epoch}/warmup/{peer.name}")
             else:
                 record["phase"] = "train"
                 # ============ divide: per-sample loss -> 2-component GMM -> clean probability ============
@@ -142,16 +143,20 @@ class CoTrainer:
                 # ============ co-train: each net learns from the split chosen by the *other* net ============
                 for peer, other in zip(self.peers, reversed(self.peers)):
                     record.update(self.train_epoch(epoch, peer, other, splits[other.name]))
+                    faults.point(f"epoch{epoch}/train/{peer.name}")
             record["time/train_s"] = time.perf_counter() - t0
             # ============ evaluate: ensemble of summed logits, and each net alone ============
+            faults.point(f"epoch{epoch}/evaluate")
             record.update(self.evaluate(epoch))
             record["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(record)
             if self.dist.is_main:
+                # The checkpoint first: metrics.jsonl never holds an epoch the checkpoint lacks.
+                self.save_checkpoint(epoch)
+                faults.point(f"epoch{epoch}/saved")
                 self.sink.log_epoch(record)
                 dashboards.log_reconstructions(self.sink, self.peers[0], self._recon_images, epoch)
                 log.info(self.format_epoch(record))
-                self.save_checkpoint(epoch)
         return self.finish()
 
     # ================================================================ phases ==================================
@@ -425,9 +430,13 @@ class CoTrainer:
         if bad:
             last = self.run_dir / ckpt_lib.FILENAME
             raise TrainingDiverged(
-                f"{peer.name} loss {', '.join(bad)} became NaN/inf in epoch {epoch}; the last good checkpoint is "
-                f"{last if last.exists() else '(none yet)'}: resume it with --resume auto after lowering --lr "
-                "or with --amp off"
+                f"{peer.name}: the loss became NaN/inf in epoch {epoch + 1} (non-finite: {', '.join(bad)}); "
+                + (
+                    f"the last good checkpoint is {last}: resume it with --resume auto"
+                    if last.exists()
+                    else "no epoch completed yet: start again"
+                )
+                + " after lowering --lr or with --amp off"
             )
         return means
 
