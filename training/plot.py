@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from training.config import HelpFormatter
 from training.dashboards import load_splits
 from training.metrics import read_jsonl
 
@@ -242,9 +243,9 @@ def make_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="a run folder: runs/<run name> (holds metrics.jsonl)")
-    parser.add_argument("--out", default="", help="where the PNGs go (default: RUN_DIR/plots)")
+    parser.add_argument("--out", default="", help="where the PNGs go (empty: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
         written, missing = make_plots(args.run_dir, args.out or None)

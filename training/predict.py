@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from training import checkpoint as ckpt_lib
 from training import dividemix
-from training.config import Config
+from training.config import Config, HelpFormatter
 
 log = logging.getLogger("training")
 
@@ -241,14 +241,24 @@ def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", help="a run's checkpoint.pt")
     parser.add_argument("--data_path", default="", help="folder of images to score (or where the run's data lives)")
-    parser.add_argument("--split", choices=("train", "folder"), default="", help="default: folder with --data_path")
+    parser.add_argument(
+        "--split",
+        choices=("train", "folder"),
+        default="",
+        help="train: the run's training set; folder: the images in --data_path (empty: folder if --data_path is set)",
+    )
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
     parser.add_argument("--sort", action="store_true", help="most likely mislabelled rows first")
-    parser.add_argument("--p_threshold", type=float, default=None, help="suspect threshold (default: the run's)")
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument(
+        "--p_threshold",
+        type=float,
+        default=None,
+        help="suspect threshold on clean_prob (empty: the run's --p_threshold)",
+    )
+    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
