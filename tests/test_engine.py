@@ -144,6 +144,8 @@ def test_nan_loss_stops_with_pointer_to_last_checkpoint(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "NaN/inf" in err and "--resume auto" in err
+    (log_txt,) = (tmp_path / "runs").glob("*/log.txt")
+    assert "ERROR training: error: net1 loss" in log_txt.read_text()  # the run's own log says why it stopped
 
 
 @needs_fmnist

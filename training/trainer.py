@@ -125,6 +125,14 @@ class CoTrainer:
     # ================================================================ the algorithm ==========================
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.dist.is_main and self.start_epoch < cfg.num_epochs:
+            log.info(
+                "training epochs %d-%d of %d (%s); one line per finished epoch (progress bars on a terminal)",
+                self.start_epoch + 1,
+                cfg.num_epochs,
+                cfg.num_epochs,
+                "cross-entropy" if cfg.method == "ce" else f"warm-up: epochs 1-{cfg.warm_up}",
+            )
         for epoch in range(self.start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
             self.set_learning_rates(epoch)
@@ -150,7 +158,7 @@ class CoTrainer:
             if self.dist.is_main:
                 self.sink.log_epoch(record)
                 dashboards.log_reconstructions(self.sink, self.peers[0], self._recon_images, epoch)
-                log.info(self.format_epoch(record))
+                log.info(self.format_epoch(record) + remaining_time_text(self.history, cfg))
                 self.save_checkpoint(epoch)
         return self.finish()
 
@@ -173,7 +181,7 @@ class CoTrainer:
         meters = RunningMeans()
         loader = self.data.warmup_loader(2 * cfg.batch_size)
         seen, t0 = 0, time.perf_counter()
-        bar = self._bar(loader, f"epoch {epoch} warm-up {peer.name}")
+        bar = self._bar(loader, f"epoch {epoch + 1}/{cfg.num_epochs} warm-up {peer.name}")
         for i, (x, y, _idx) in enumerate(bar):
             x = self._prep(x)
             with self.autocast():
@@ -198,7 +206,7 @@ class CoTrainer:
         cfg = self.cfg
         losses, indices = dividemix.per_sample_losses(
             peer.net,
-            self.data.eval_train_loader(self.eval_batch),
+            self._bar(self.data.eval_train_loader(self.eval_batch), f"epoch {record['epoch'] + 1} divide {peer.name}"),
             self.data.num_train,
             self.device,
             self.autocast,
@@ -269,7 +277,7 @@ class CoTrainer:
         num_iter = math.ceil(len(split.labeled) / self.dist.world_size) // B + 1
         meters = RunningMeans()
         seen, t0 = 0, time.perf_counter()
-        bar = self._bar(labeled, f"epoch {epoch} train {peer.name}")
+        bar = self._bar(labeled, f"epoch {epoch + 1}/{cfg.num_epochs} train {peer.name}")
         for i, (x1, x2, y, w, _idx) in enumerate(bar):
             u1 = u2 = uy = None
             if u_iter is not None:
@@ -337,11 +345,11 @@ class CoTrainer:
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Test accuracy of argmax(net1 + net2 logits) and of each net alone; validation when available."""
-        out = self._accuracy(self.data.test_loader(self.eval_batch), "test")
+        out = self._accuracy(self._bar(self.data.test_loader(self.eval_batch), f"epoch {epoch + 1} test"), "test")
         if self.cfg.select_on_val:
             val_loader = self.data.val_loader(self.eval_batch)
             if val_loader is not None:
-                val = self._accuracy(val_loader, "val")
+                val = self._accuracy(self._bar(val_loader, f"epoch {epoch + 1} validation"), "val")
                 out.update(val)
                 for peer in self.peers:
                     acc = val[f"val/{peer.name}/acc"]
@@ -425,7 +433,7 @@ class CoTrainer:
         if bad:
             last = self.run_dir / ckpt_lib.FILENAME
             raise TrainingDiverged(
-                f"{peer.name} loss {', '.join(bad)} became NaN/inf in epoch {epoch}; the last good checkpoint is "
+                f"{peer.name} loss {', '.join(bad)} became NaN/inf in epoch {epoch + 1}; the last good checkpoint is "
                 f"{last if last.exists() else '(none yet)'}: resume it with --resume auto after lowering --lr "
                 "or with --amp off"
             )
@@ -474,3 +482,51 @@ class CoTrainer:
             parts.append(f"ce {r[f'train/{p}/warmup/ce']:.3f}")
         parts.append(f"{r['time/epoch_s']:.1f}s")
         return " | ".join(parts)
+
+
+def phase_of(epoch: int, cfg: Config) -> str:
+    """What an epoch (0-based) does: "ce" (method ce), "warmup" or "train" (divide + co-train)."""
+    if cfg.method == "ce":
+        return "ce"
+    return "warmup" if epoch < cfg.warm_up else "train"
+
+
+def remaining_time_s(history: list[dict], cfg: Config) -> tuple[float, bool]:
+    """Seconds the epochs after the last recorded one will take, from the latest epochs of each phase.
+
+    Returns (seconds, exact_phases): ``exact_phases`` is False when a phase still to come has not run yet
+    (co-training after warm-up), whose epochs are then counted at the slowest time seen: a lower bound.
+    """
+    if not history:
+        return 0.0, False
+    per_phase: dict[str, list[float]] = {}
+    for r in history:
+        if "time/epoch_s" in r:
+            per_phase.setdefault(r.get("phase", phase_of(r["epoch"], cfg)), []).append(r["time/epoch_s"])
+    slowest = max((t for times in per_phase.values() for t in times), default=0.0)
+    total, exact = 0.0, True
+    for epoch in range(history[-1]["epoch"] + 1, cfg.num_epochs):
+        times = per_phase.get(phase_of(epoch, cfg), [])[-3:]  # recent epochs: the lr and split sizes change
+        if times:
+            total += sum(times) / len(times)
+        else:
+            total, exact = total + slowest, False
+    return total, exact
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def remaining_time_text(history: list[dict], cfg: Config) -> str:
+    """The per-epoch log line's tail: how long the rest of the run will roughly take."""
+    seconds, exact = remaining_time_s(history, cfg)
+    if not history or history[-1]["epoch"] + 1 >= cfg.num_epochs:
+        return ""
+    if exact:
+        return f" | about {format_duration(seconds)} left"
+    return f" | at least {format_duration(seconds)} left (co-training epochs are slower than warm-up)"
