@@ -69,6 +69,10 @@ CIFAR = {
 }
 
 
+# CIFAR-10's label order (its batches.meta); CIFAR-100's 100 names are left to its meta file.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def read_batch(path: Path) -> dict:
     """One CIFAR python-pickle file as a dict with str keys (files written by Python 2 or 3)."""
     try:
@@ -171,6 +175,7 @@ def load_cifar(root: str | Path, num_classes: int) -> ArrayDataset:
         test_labels=test_y,
         superclasses=superclasses,
         noise_cache_dir=str(root),
+        classes=CIFAR10_CLASSES if num_classes == 10 else None,
     )
 
 

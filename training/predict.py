@@ -16,8 +16,10 @@ Sources of images (``--split``):
 One CSV row per image:
 
 =================  ============================================================================================
-``index``          position in the scored set (for ``train``: the training index the run used)
-``path``           the image file, when there is one
+``index``          for ``train``: the image's index in the dataset's training set (with ``--train_subset``, not
+                   its position in the subset: CIFAR / Fashion-MNIST image ``index`` of the training file);
+                   for ``folder``: the position in the sorted file list
+``path``           the image file, when there is one (empty for datasets stored as arrays: CIFAR, Fashion-MNIST)
 ``given_label``    the label the data gives (the noisy label; empty when unlabelled)
 ``true_label``     the clean label, only where the run knows it (synthetic noise on a clean dataset)
 ``predicted``      argmax of the summed logits of the two nets, the ensemble the test accuracy uses
@@ -27,11 +29,15 @@ One CSV row per image:
                    trainer's divide step does: per-sample cross-entropy -> min-max normalisation -> 2-component
                    GMM (``training/dividemix.py``), fitted on the scored set itself (so it needs a set of some
                    size, hundreds of images, with both clean and wrong labels in it)
+``clean_prob_net1``, ``clean_prob_net2``
+                   each net's own GMM clean probability, from its own losses and its own GMM (``clean_prob`` is
+                   their mean); as in training, where each net's split is the other net's training set
 ``suspect``        1 when ``clean_prob <= p_threshold``: the sample the trainer would have put in the unlabelled
                    set; these are the rows to relabel first (``--sort`` lists them first)
 =================  ============================================================================================
 
-Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``).
+Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``,
+Fashion-MNIST, CIFAR-10).
 """
 
 from __future__ import annotations
@@ -160,6 +166,8 @@ def predict(
         paths = list(getattr(data, "train_paths", None) or [""] * data.num_train)
         classes = (getattr(data, "noise_info", None) or {}).get("classes")
         num = data.num_train
+        # A --train_subset run trains on some of the dataset's images: rows name them by their dataset index.
+        dataset_index = getattr(data, "dataset_indices", None)
 
         def loader():
             return data.eval_train_loader(batch_size)
@@ -168,7 +176,7 @@ def predict(
         if not data_path:
             raise ValueError("--split folder needs --data_path DIR")
         images, given, paths, classes = folder_set(cfg, info, data_path)
-        num = len(images)
+        num, dataset_index = len(images), None
         # Unlabelled images: dummy labels give losses that are not used.
         labels = given if given is not None else np.zeros(num, dtype=np.int64)
 
@@ -189,7 +197,11 @@ def predict(
 
     rows = []
     for i in range(num):
-        row = {"index": i, "path": paths[i], "given_label": "" if given is None else int(given[i])}
+        row = {
+            "index": i if dataset_index is None else int(dataset_index[i]),
+            "path": paths[i],
+            "given_label": "" if given is None else int(given[i]),
+        }
         if true is not None:
             row["true_label"] = int(true[i])
         row["predicted"] = int(predicted[i])

@@ -126,12 +126,14 @@ class CoTrainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.dist.is_main and self.start_epoch < cfg.num_epochs:
+            warm = "epoch 1" if cfg.warm_up == 1 else f"epochs 1-{cfg.warm_up}"
+            plan = "cross-entropy" if cfg.method == "ce" else f"{warm}: warm-up; then divide + co-train"
             log.info(
-                "training epochs %d-%d of %d (%s); one line per finished epoch (progress bars on a terminal)",
+                "training epochs %d-%d of %d (%s); a line per finished epoch, progress bars on a terminal",
                 self.start_epoch + 1,
                 cfg.num_epochs,
                 cfg.num_epochs,
-                "cross-entropy" if cfg.method == "ce" else f"warm-up: epochs 1-{cfg.warm_up}",
+                plan,
             )
         for epoch in range(self.start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
