@@ -96,14 +96,14 @@ def test_entry_help_shows_preset_defaults_choices_groups_and_docstring_lines():
     for title, _first, _about in SECTIONS:
         assert f"\n{title}:\n" in text
     # the docstring's example commands keep their own lines
-    assert "\n    python instanceGM.py --smoke" in text
+    assert "\n    python instanceGM.py --dataset fashionmnist --smoke" in text
     assert "this script knows cifar10, cifar100, fashionmnist, imagefolder" in " ".join(text.split())
 
 
 def test_enumeration_values_are_checked_from_the_same_choices():
     from training.config import ConfigError
 
-    with pytest.raises(SystemExit):  # argparse refuses it with the allowed values
+    with pytest.raises(ConfigError, match="invalid choice: 'median'"):  # argparse, with the allowed values
         parse_cli({"cifar10": Config()}, "cifar10", ["--kl_reduction", "median"])
     with pytest.raises(ConfigError, match="--vae_batch 'x': choose one of random, dm"):
         Config(vae_batch="x").validate()

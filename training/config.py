@@ -306,12 +306,19 @@ def field_help(f: dataclasses.Field) -> str:
 _METAVARS = {int: "N", float: "X", str: "VALUE"}
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad flags end like every other bad input: one line (``error: ...``), exit code 2, via ConfigError."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (python {self.prog} --help lists every option)")
+
+
 def build_parser(
     base: Config, description: str = "", dataset_names: Sequence[str] = (), prog: str | None = None
 ) -> argparse.ArgumentParser:
     """An argparse parser with one flag per Config field, grouped by SECTIONS; defaults come from ``base``."""
     usage = "%(prog)s [--dataset NAME] [--OPTION VALUE ...]"
-    parser = argparse.ArgumentParser(prog=prog, description=description, usage=usage, formatter_class=HelpFormatter)
+    parser = _OneLineErrors(prog=prog, description=description, usage=usage, formatter_class=HelpFormatter)
     hints = get_type_hints(Config)
     reverse: dict[str, list[str]] = {}
     for alias, name in ALIASES.items():

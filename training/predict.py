@@ -19,7 +19,7 @@ One CSV row per image:
 ``index``          for ``train``: the image's index in the dataset's training set (with ``--train_subset``, not
                    its position in the subset: CIFAR / Fashion-MNIST image ``index`` of the training file);
                    for ``folder``: the position in the sorted file list
-``path``           the image file, when there is one (empty for datasets stored as arrays: CIFAR, Fashion-MNIST)
+``path``           the image file, for image folders (empty otherwise: use ``index``)
 ``given_label``    the label the data gives (the noisy label; empty when unlabelled)
 ``true_label``     the clean label, only where the run knows it (synthetic noise on a clean dataset)
 ``predicted``      argmax of the summed logits of the two nets, the ensemble the test accuracy uses
