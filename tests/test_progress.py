@@ -8,7 +8,7 @@ import pytest
 
 from training.config import Config
 from training.launch import SMOKE_IMAGES, apply_smoke, log_failure, setup_logging
-from training.trainer import format_duration, remaining_time_s, remaining_time_text
+from training.progress import format_duration, remaining_time_s, remaining_time_text
 
 CFG = Config(num_epochs=6, warm_up=2)
 
