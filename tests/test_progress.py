@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from training.config import Config
-from training.launch import SMOKE_IMAGES, apply_smoke, log_failure, setup_logging
+from training.launch import SMOKE_BUDGET, apply_smoke, log_failure, setup_logging
 from training.progress import format_duration, remaining_time_s, remaining_time_text
 
 CFG = Config(num_epochs=6, warm_up=2)
@@ -34,10 +34,13 @@ def test_durations_read_naturally():
 
 
 def test_smoke_limits_every_size_of_any_preset():
-    big = Config(dataset="clothing1m", batch_size=64, width=64, num_batches=1000, num_epochs=80, smoke=True)
-    cfg = apply_smoke(big)
-    assert (cfg.num_epochs, cfg.warm_up, cfg.train_subset, cfg.test_subset) == (2, 1, SMOKE_IMAGES, SMOKE_IMAGES)
-    assert (cfg.batch_size, cfg.width, cfg.num_batches, cfg.wandb) == (16, 16, 4, "off")
+    big = Config(dataset="clothing1m", vae_size=224, batch_size=32, width=64, num_batches=1000, smoke=True)
+    cfg = apply_smoke(big.replace(num_epochs=80))
+    assert (cfg.num_epochs, cfg.warm_up, cfg.train_subset, cfg.test_subset) == (2, 1, 256, 16)
+    assert (cfg.batch_size, cfg.width, cfg.num_batches, cfg.wandb) == (2, 16, 2, "off")
+    small = apply_smoke(Config(batch_size=64, train_subset=100, smoke=True))  # 32x32; a smaller subset stays
+    assert (small.batch_size, small.train_subset, small.test_subset) == (16, 100, 256)
+    assert SMOKE_BUDGET[64] == (8, 128, 128)
     assert apply_smoke(big.replace(smoke=False)) == big.replace(smoke=False)
 
 

@@ -168,7 +168,8 @@ class Config:
     smoke: bool = opt(
         False,
         "wiring check (~30 s for Fashion-MNIST on 2 CPU cores): 2 epochs on 256 training and 256 test images, "
-        "batch <= 16, width <= 16, wandb off; says nothing about accuracy",
+        "batch <= 16 (fewer images and smaller batches at 64 and 224 pixels), width <= 16, wandb off; says "
+        "nothing about accuracy",
     )
     # ---------------- speed ----------------
     data_pipeline: str = opt(
