@@ -193,13 +193,8 @@ def main_run(cfg: Config) -> dict:
             )
             if main:
                 truncate_jsonl(run_dir / "metrics.jsonl", state["epoch"])
-            log.info(
-                "resumed from %s after epoch %d of %d; next: epoch %d",
-                resume_path,
-                start_epoch,
-                cfg.num_epochs,
-                start_epoch + 1,
-            )
+            upcoming = f"next: epoch {start_epoch + 1}" if start_epoch < cfg.num_epochs else "nothing left to train"
+            log.info("resumed from %s after epoch %d of %d; %s", resume_path, start_epoch, cfg.num_epochs, upcoming)
         wrap_distributed(peers, cfg, info_dist, device)
 
         info = {
