@@ -3,7 +3,8 @@
 Precedence is dataclass default < dataset preset (entry script) < command line. Every magic number of the
 original scripts is a field whose default is the original value; the CLI keeps the original flag spellings
 (``--r``, ``--num_class``, ``--data_path``, ``--lambda_u``, ``--p_threshold``, ``--T``, ...), so the commands
-of the original README work unchanged.
+of the original README work unchanged. Each field is declared with ``opt(default, help)``: its help text is
+its ``--help`` line (grouped by SECTIONS), so a new field needs one to pass the tests.
 """
 
 from __future__ import annotations
