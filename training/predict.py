@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--split",
         choices=("train", "folder"),
         default="",
-        help="train: the run's training set; folder: the images in --data_path (empty: folder if --data_path is set)",
+        help="train: the run's training set; folder: the images in --data_path (empty: folder if given, else train)",
     )
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
     parser.add_argument("--sort", action="store_true", help="most likely mislabelled rows first")
