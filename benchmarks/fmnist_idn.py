@@ -29,7 +29,7 @@ import platform
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 import instanceGM  # noqa: E402
 from training import Config, main_run  # noqa: E402
+from training.config import HelpFormatter  # noqa: E402
 from training.metrics import read_jsonl  # noqa: E402
 
 log = logging.getLogger("benchmarks")
@@ -61,15 +62,15 @@ _COST = {"instancegm": 3, "dividemix": 2, "ce": 1}  # relative cost per epoch: l
 class Budget:
     """What every cell of a table shares (the engine's fields of the same names)."""
 
-    train_subset: int  # class-balanced training subset (--train_subset N --balanced_subset)
-    test_subset: int  # first N test images (0: all 10,000)
-    width: int  # PreAct ResNet-18 base width (64 in the paper)
-    batch_size: int  # B (warm-up and generative batches are 2B)
-    lr: float  # classifier SGD lr
-    num_epochs: int  # every method trains this many epochs
-    warm_up: int  # CE epochs before DivideMix/InstanceGM start dividing
-    lr_drop_epoch: int  # lr / 10 from this epoch on
-    rampup_length: float  # epochs of the lambda_u ramp after warm-up (16 in the original)
+    train_subset: int = field(metadata={"help": "class-balanced training subset (--train_subset N --balanced_subset)"})
+    test_subset: int = field(metadata={"help": "first N test images (0: all 10,000)"})
+    width: int = field(metadata={"help": "PreAct ResNet-18 base width (64 in the paper)"})
+    batch_size: int = field(metadata={"help": "B (warm-up and generative batches are 2B)"})
+    lr: float = field(metadata={"help": "classifier SGD lr"})
+    num_epochs: int = field(metadata={"help": "every method trains this many epochs"})
+    warm_up: int = field(metadata={"help": "CE epochs before DivideMix/InstanceGM start dividing"})
+    lr_drop_epoch: int = field(metadata={"help": "lr / 10 from this epoch on"})
+    rampup_length: float = field(metadata={"help": "epochs of the lambda_u ramp after warm-up (16 in the original)"})
 
 
 # The full table (README "Results"): 9 runs in 30 min with --jobs 2 --threads 1 on 2 CPU cores. Narrow net, 60
@@ -326,16 +327,16 @@ def cpu_model() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budget (seconds), one noise rate")
-    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--rates", type=float, nargs="+", default=None, help=f"noise rates (default {RATES})")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR, help="where the run folders and tables go")
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=None, help=f"noise rates (empty: {RATES}; --quick: 0.4)"
+    )
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods compared")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of every cell (the noise keeps seed 123)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST root")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (processes)")
     parser.add_argument(
         "--threads",
@@ -345,7 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "times faster than oversubscribed OpenMP threads, so use --jobs (cores) --threads 1",
     )
     for f in fields(Budget):
-        parser.add_argument(f"--{f.name}", type=type(getattr(FULL, f.name)), default=None, help=f"default {FULL}")
+        shown = f"default: {getattr(FULL, f.name)}, with --quick {getattr(QUICK, f.name)}"
+        parser.add_argument(
+            f"--{f.name}", type=type(getattr(FULL, f.name)), default=None, help=f"{f.metadata['help']} ({shown})"
+        )
     args = parser.parse_args(argv)
     if args.rates is None:
         args.rates = [0.4] if args.quick else list(RATES)

@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from dataloaders.base import InMemoryDataModule  # noqa: E402
 from dataloaders.transforms import AugSpec, pil_test_transform, pil_train_transform  # noqa: E402
 from training import Config, dividemix, generative  # noqa: E402
+from training.config import HelpFormatter  # noqa: E402
 from training.launch import build_peers  # noqa: E402
 from training.metrics import RunningMeans  # noqa: E402
 from training.runtime import autocast_factory, resolve_device  # noqa: E402
@@ -782,17 +783,16 @@ QUICK = dict(num_train=1024, num_test=256, width=8, batch_size=8, reps=2, steps=
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and repetitions (seconds)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--num_train", type=int, default=50_000, help="training set size (CIFAR-10: 50,000)")
-    p.add_argument("--num_test", type=int, default=10_000)
-    p.add_argument("--num_classes", type=int, default=10)
+    p.add_argument("--num_test", type=int, default=10_000, help="test set size (CIFAR-10: 10,000)")
+    p.add_argument("--num_classes", type=int, default=10, help="K: number of classes")
     p.add_argument("--width", type=int, default=64, help="PreAct ResNet-18 base width (64: the paper's)")
     p.add_argument("--batch_size", type=int, default=64, help="B (warm-up and generative batches are 2B)")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
-    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="autocast of the networks")
+    p.add_argument("--channels_last", action="store_true", help="channels-last memory format for the convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifiers for the phases")
     p.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="data paths to time (none: --paths)")
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")

@@ -36,6 +36,10 @@ NUM_CLASSES = 10
 PAD = 2  # 28 + 2 * 2 = 32
 
 
+# Label order of the dataset (Xiao et al. 2017).
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An idx file of unsigned bytes (magic 0x0000 08 D, then D big-endian int32 sizes), gzip or plain."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -112,6 +116,7 @@ def load_fashion_mnist(data_path: str | Path | None = None, fallback: bool | Non
         # Instance-dependent noise sees the 28x28x1 pixels (784 features, as CausalNL's and Xia et al.'s
         # FMNIST), not the padded RGB copy: the border adds nothing and the channels would only repeat.
         noise_images=train_x[..., None],
+        classes=CLASSES,
         # Generated labels never go into the system folder.
         noise_cache_dir=str(user_cache_dir() if folder == DEBIAN_PATH else folder),
     )

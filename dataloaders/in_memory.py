@@ -36,6 +36,7 @@ class ArrayDataset:
     noise_cache_dir: str | None = None  # default folder of generated noise files (default: cfg.data_path)
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None  # class names in label order (predict's given_class/predicted_class)
     aug: AugSpec = field(default_factory=AugSpec)
 
 
@@ -102,11 +103,13 @@ def build_in_memory(cfg, device: torch.device | str, data: ArrayDataset) -> InMe
             len(train_labels),
             " (class-balanced)" if cfg.balanced_subset else "",
         )
+    if data.classes:
+        info["classes"] = list(data.classes)
     test_images, test_labels = data.test_images, data.test_labels
     if 0 < cfg.test_subset < len(test_labels):
         test_images, test_labels = test_images[: cfg.test_subset], test_labels[: cfg.test_subset]
         info["test_subset"] = cfg.test_subset
-    return InMemoryDataModule(
+    module = InMemoryDataModule(
         data.name,
         images,
         noisy,
@@ -123,3 +126,5 @@ def build_in_memory(cfg, device: torch.device | str, data: ArrayDataset) -> InMe
         val_labels=data.val_labels,
         noise_info=info,
     )
+    module.dataset_indices = keep  # training index -> index in the dataset's own training file (predict)
+    return module

@@ -109,6 +109,7 @@ def test_cifar_missing_data_message(tmp_path):
     assert f"{tmp_path}/cifar-10-batches-py/{{data_batch_1..5,test_batch}}" in msg
     assert f"{tmp_path}/{{data_batch_1..5,test_batch}}" in msg
     assert "bash cifar10.sh" in msg and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
+    assert "python instanceGM.py --dataset fashionmnist --smoke" in msg  # what to try offline
 
     with pytest.raises(DatasetNotFoundError) as err:
         build_data(make_cfg(dataset="cifar100", num_classes=100, data_path=str(tmp_path)))

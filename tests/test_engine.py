@@ -99,6 +99,9 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path, monkeypatch):
     got = read_jsonl(killed_dir / "metrics.jsonl")
     assert _comparable(got) == _comparable(expected)
     assert resumed["test/acc"] == full["test/acc"]
+    log_txt = (killed_dir / "log.txt").read_text()  # one numbering: epochs 1-3 done, epoch 4 was cut short
+    assert "interrupted: the last completed epoch is in checkpoint.pt" in log_txt
+    assert "after epoch 3 of 4; next: epoch 4" in log_txt
 
 
 @needs_fmnist
@@ -146,6 +149,8 @@ def test_nan_loss_stops_with_pointer_to_last_checkpoint(tmp_path, capsys):
     # named as the log numbers epochs (from 1); no checkpoint to point at yet
     assert "net1: the loss became NaN/inf in epoch 1 (non-finite: loss, ce)" in err
     assert "no epoch completed yet: start again after lowering --lr" in err and "--resume auto" not in err
+    (log_txt,) = (tmp_path / "runs").glob("*/log.txt")
+    assert "error: net1: the loss became NaN/inf" in log_txt.read_text()  # the run's own log says why it stopped
 
 
 @needs_fmnist

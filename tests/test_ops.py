@@ -20,6 +20,8 @@ from PIL import Image
 import instanceGM
 from dataloaders.base import DataConfigError
 from dataloaders.cifar import load_cifar
+from dataloaders.fashion_mnist import CLASSES as FMNIST_CLASSES
+from dataloaders.fashion_mnist import find_fashion_mnist, read_idx
 from training import dashboards, plot, predict
 from training.metrics import read_jsonl
 
@@ -203,7 +205,17 @@ def test_predict_on_the_training_set_flags_suspects(tiny_run, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     assert predict.main([str(tiny_run / "checkpoint.pt"), "--out", str(out), "--sort"]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 200 and sorted(int(r["index"]) for r in rows) == list(range(200))
+    assert len(rows) == 200
+    # `index` is the image's place in Fashion-MNIST's training file, also for a class-balanced subset
+    train_labels = read_idx(find_fashion_mnist(None)[1])
+    indices = [int(r["index"]) for r in rows]
+    assert len(set(indices)) == 200 and max(indices) >= 200
+    assert all(train_labels[int(r["index"])] == int(r["true_label"]) for r in rows)
+    assert all(r["given_class"] == FMNIST_CLASSES[int(r["given_label"])] for r in rows)
+    assert all(
+        abs((float(r["clean_prob_net1"]) + float(r["clean_prob_net2"])) / 2 - float(r["clean_prob"])) < 1e-5
+        for r in rows
+    )
     clean = [float(r["clean_prob"]) for r in rows]
     assert clean == sorted(clean)  # --sort: most suspect first
     for r in rows:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from training.config import HelpFormatter
 from training.dashboards import load_splits
 from training.metrics import read_jsonl
 
@@ -37,6 +38,7 @@ DPI = 100
 FIGSIZE = {"accuracy": (9.0, 5.5), "losses": (16.0, 7.5), "split": (16.0, 4.2), "gmm": (12.0, 7.5)}
 NET_STYLE = {"net1": dict(color="tab:blue"), "net2": dict(color="tab:orange")}
 CLEAN_COLOR, NOISY_COLOR = "tab:green", "tab:red"
+ACC_MIN_SPAN = 10.0  # percentage points: the least y range of the accuracy plot
 LOSS_PANELS = (  # (title, metric suffix under train/<net>/)
     ("warm-up cross-entropy", "warmup/ce"),
     ("DivideMix Lx (labeled)", "dm/lx"),
@@ -88,6 +90,27 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _not_drawn(rows: list[dict], cfg: dict, what: str) -> str:
+    """Why a co-training panel is empty: not reached yet, or not something this run logs at all."""
+    method = cfg.get("method", "?")
+    if method == "ce":
+        return "method ce: no divide, no co-training"
+    warm = int(cfg.get("warm_up", 0))
+    if not any(r.get("phase") == "train" for r in rows):
+        done = rows[-1]["epoch"] + 1 if rows else 0
+        return f"not yet: {what} start at epoch {warm + 1}\n(the run has finished {done} warm-up epochs)"
+    return f"not logged by this run (method {method})"
+
+
+def _keep_span(ax, min_span: float, lo: float, hi: float) -> None:
+    """At least ``min_span`` on the y axis (within [lo, hi]): a flat curve does not look like a steep one."""
+    bottom, top = ax.get_ylim()
+    if top - bottom >= min_span:
+        return
+    bottom = min(max(lo, (bottom + top - min_span) / 2), hi - min_span)
+    ax.set_ylim(bottom, bottom + min_span)
+
+
 def _marker(n: int) -> dict:
     return dict(marker="o", ms=3) if n <= 40 else {}
 
@@ -114,6 +137,7 @@ def plot_accuracy(rows: list[dict], cfg: dict, path: Path, title: str) -> Path:
             label = f"{label}: last {y[-1]:.2f}, best {y[best]:.2f} (epoch {x[best]})"
             ax.plot(x, y, label=label, **style, **_marker(n))
     _decorate(ax, cfg, n, label=True)
+    _keep_span(ax, ACC_MIN_SPAN, 0.0, 100.0)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: test accuracy")
     ax.legend(loc="best", fontsize=9, framealpha=0.9)
     fig.savefig(path)
@@ -132,7 +156,8 @@ def plot_losses(rows: list[dict], cfg: dict, path: Path, title: str) -> Path:
                 drawn = True
         ax.set_title(f"{name}\ntrain/<net>/{suffix}", fontsize=10)
         if not drawn:
-            _empty(ax, f"not logged by this run\n(method {cfg.get('method', '?')})")
+            is_warmup_loss = suffix.startswith("warmup/")
+            _empty(ax, "no warm-up in this run" if is_warmup_loss else _not_drawn(rows, cfg, "co-training losses"))
             continue
         _decorate(ax, cfg, n)
         ax.set_xlabel("epoch")
@@ -156,8 +181,10 @@ def plot_split(rows: list[dict], cfg: dict, num_train: int | None, path: Path, t
                 drawn = True
         ax.set_title(name, fontsize=10)
         if not drawn:
-            why = "true labels unknown (real noise)" if metric != "labeled" else "no co-training epoch yet"
-            _empty(ax, why if cfg.get("method") != "ce" else "method ce: no split")
+            why = _not_drawn(rows, cfg, "GMM splits")
+            if why.startswith("not logged") and cfg.get("noise_mode") == "real":
+                why = "true labels unknown (real noise)"
+            _empty(ax, why)
             continue
         _decorate(ax, cfg, n)
         ax.set_ylim(-0.02, 1.02)
@@ -201,7 +228,8 @@ def plot_gmm(splits: dict, cfg: dict, path: Path, title: str) -> Path:
             row[1].axvline(threshold, color="k", ls="--", lw=1, label=f"p_threshold {threshold:g}")
         row[1].set_title(f"{net}: clean probability (labeled set: right of the threshold)", fontsize=10)
         row[1].legend(fontsize=8)
-    fig.suptitle(f"{title}: GMM split of epoch {splits['epoch'] + 1}")
+    # The divide opening epoch k+1 (0-based k) uses the nets as they were after epoch k, which completed.
+    fig.suptitle(f"{title}: GMM split made after epoch {splits['epoch']} (for epoch {splits['epoch'] + 1})")
     fig.savefig(path)
     return path
 
@@ -242,9 +270,9 @@ def make_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="a run folder: runs/<run name> (holds metrics.jsonl)")
-    parser.add_argument("--out", default="", help="where the PNGs go (default: RUN_DIR/plots)")
+    parser.add_argument("--out", default="", help="where the PNGs go (empty: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
         written, missing = make_plots(args.run_dir, args.out or None)

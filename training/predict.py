@@ -16,8 +16,10 @@ Sources of images (``--split``):
 One CSV row per image:
 
 =================  ============================================================================================
-``index``          position in the scored set (for ``train``: the training index the run used)
-``path``           the image file, when there is one
+``index``          for ``train``: the image's index in the dataset's training set (with ``--train_subset``, not
+                   its position in the subset: CIFAR / Fashion-MNIST image ``index`` of the training file);
+                   for ``folder``: the position in the sorted file list
+``path``           the image file, for image folders (empty otherwise: use ``index``)
 ``given_label``    the label the data gives (the noisy label; empty when unlabelled)
 ``true_label``     the clean label, only where the run knows it (synthetic noise on a clean dataset)
 ``predicted``      argmax of the summed logits of the two nets, the ensemble the test accuracy uses
@@ -27,11 +29,15 @@ One CSV row per image:
                    trainer's divide step does: per-sample cross-entropy -> min-max normalisation -> 2-component
                    GMM (``training/dividemix.py``), fitted on the scored set itself (so it needs a set of some
                    size, hundreds of images, with both clean and wrong labels in it)
+``clean_prob_net1``, ``clean_prob_net2``
+                   each net's own GMM clean probability, from its own losses and its own GMM (``clean_prob`` is
+                   their mean); as in training, where each net's split is the other net's training set
 ``suspect``        1 when ``clean_prob <= p_threshold``: the sample the trainer would have put in the unlabelled
                    set; these are the rows to relabel first (``--sort`` lists them first)
 =================  ============================================================================================
 
-Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``).
+Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``,
+Fashion-MNIST, CIFAR-10).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from torch import Tensor, nn
 
 from training import checkpoint as ckpt_lib
 from training import dividemix
-from training.config import Config
+from training.config import Config, HelpFormatter
 
 log = logging.getLogger("training")
 
@@ -160,6 +166,8 @@ def predict(
         paths = list(getattr(data, "train_paths", None) or [""] * data.num_train)
         classes = (getattr(data, "noise_info", None) or {}).get("classes")
         num = data.num_train
+        # A --train_subset run trains on some of the dataset's images: rows name them by their dataset index.
+        dataset_index = getattr(data, "dataset_indices", None)
 
         def loader():
             return data.eval_train_loader(batch_size)
@@ -168,7 +176,7 @@ def predict(
         if not data_path:
             raise ValueError("--split folder needs --data_path DIR")
         images, given, paths, classes = folder_set(cfg, info, data_path)
-        num = len(images)
+        num, dataset_index = len(images), None
         # Unlabelled images: dummy labels give losses that are not used.
         labels = given if given is not None else np.zeros(num, dtype=np.int64)
 
@@ -189,7 +197,11 @@ def predict(
 
     rows = []
     for i in range(num):
-        row = {"index": i, "path": paths[i], "given_label": "" if given is None else int(given[i])}
+        row = {
+            "index": i if dataset_index is None else int(dataset_index[i]),
+            "path": paths[i],
+            "given_label": "" if given is None else int(given[i]),
+        }
         if true is not None:
             row["true_label"] = int(true[i])
         row["predicted"] = int(predicted[i])
@@ -241,14 +253,24 @@ def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", help="a run's checkpoint.pt")
     parser.add_argument("--data_path", default="", help="folder of images to score (or where the run's data lives)")
-    parser.add_argument("--split", choices=("train", "folder"), default="", help="default: folder with --data_path")
+    parser.add_argument(
+        "--split",
+        choices=("train", "folder"),
+        default="",
+        help="train: the run's training set; folder: the images in --data_path (empty: folder if given, else train)",
+    )
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
     parser.add_argument("--sort", action="store_true", help="most likely mislabelled rows first")
-    parser.add_argument("--p_threshold", type=float, default=None, help="suspect threshold (default: the run's)")
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument(
+        "--p_threshold",
+        type=float,
+        default=None,
+        help="suspect threshold on clean_prob (empty: the run's --p_threshold)",
+    )
+    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -23,6 +23,7 @@ from training import dashboards, dividemix, faults, generative
 from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
+from training.progress import remaining_time_text
 from training.runtime import capture_rng_state, git_sha
 
 log = logging.getLogger("training")
@@ -125,6 +126,16 @@ class CoTrainer:
     # ================================================================ the algorithm ==========================
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.dist.is_main and self.start_epoch < cfg.num_epochs:
+            warm = "epoch 1" if cfg.warm_up == 1 else f"epochs 1-{cfg.warm_up}"
+            plan = "cross-entropy" if cfg.method == "ce" else f"{warm}: warm-up; then divide + co-train"
+            log.info(
+                "training epochs %d-%d of %d (%s); a line per finished epoch, progress bars on a terminal",
+                self.start_epoch + 1,
+                cfg.num_epochs,
+                cfg.num_epochs,
+                plan,
+            )
         for epoch in range(self.start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
             self.set_learning_rates(epoch)
@@ -156,7 +167,7 @@ class CoTrainer:
                 faults.point(f"epoch{epoch}/saved")
                 self.sink.log_epoch(record)
                 dashboards.log_reconstructions(self.sink, self.peers[0], self._recon_images, epoch)
-                log.info(self.format_epoch(record))
+                log.info(self.format_epoch(record) + remaining_time_text(self.history, cfg))
         return self.finish()
 
     # ================================================================ phases ==================================
@@ -178,7 +189,7 @@ class CoTrainer:
         meters = RunningMeans()
         loader = self.data.warmup_loader(2 * cfg.batch_size)
         seen, t0 = 0, time.perf_counter()
-        bar = self._bar(loader, f"epoch {epoch} warm-up {peer.name}")
+        bar = self._bar(loader, f"epoch {epoch + 1}/{cfg.num_epochs} warm-up {peer.name}")
         for i, (x, y, _idx) in enumerate(bar):
             x = self._prep(x)
             with self.autocast():
@@ -203,7 +214,7 @@ class CoTrainer:
         cfg = self.cfg
         losses, indices = dividemix.per_sample_losses(
             peer.net,
-            self.data.eval_train_loader(self.eval_batch),
+            self._bar(self.data.eval_train_loader(self.eval_batch), f"epoch {record['epoch'] + 1} divide {peer.name}"),
             self.data.num_train,
             self.device,
             self.autocast,
@@ -274,7 +285,7 @@ class CoTrainer:
         num_iter = math.ceil(len(split.labeled) / self.dist.world_size) // B + 1
         meters = RunningMeans()
         seen, t0 = 0, time.perf_counter()
-        bar = self._bar(labeled, f"epoch {epoch} train {peer.name}")
+        bar = self._bar(labeled, f"epoch {epoch + 1}/{cfg.num_epochs} train {peer.name}")
         for i, (x1, x2, y, w, _idx) in enumerate(bar):
             u1 = u2 = uy = None
             if u_iter is not None:
@@ -342,11 +353,11 @@ class CoTrainer:
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Test accuracy of argmax(net1 + net2 logits) and of each net alone; validation when available."""
-        out = self._accuracy(self.data.test_loader(self.eval_batch), "test")
+        out = self._accuracy(self._bar(self.data.test_loader(self.eval_batch), f"epoch {epoch + 1} test"), "test")
         if self.cfg.select_on_val:
             val_loader = self.data.val_loader(self.eval_batch)
             if val_loader is not None:
-                val = self._accuracy(val_loader, "val")
+                val = self._accuracy(self._bar(val_loader, f"epoch {epoch + 1} validation"), "val")
                 out.update(val)
                 for peer in self.peers:
                     acc = val[f"val/{peer.name}/acc"]
