@@ -142,10 +142,12 @@ def step(
     b = x1.size(0)
     y_onehot = F.one_hot(y_noisy, num_classes).float()
     has_u = u1 is not None and u1.size(0) > 0
-    # ---- co-guessing and label refinement (no gradient; BN statistics still update in train mode) ----
+    # ---- co-guessing, then label refinement (no gradient; BN statistics still update in train mode) ----
+    # NOTE(original): co-guessing runs first (net(u1), net(u2), peer(u1), peer(u2), then net(x1), net(x2)).
+    # The outputs do not depend on the order, but the trained net's BatchNorm running statistics do.
+    targets_u = co_guess_targets(net, peer_net, u1, u2, T) if has_u else None
     targets_x = refine_labeled_targets(net, x1, x2, y_onehot, w_clean, T)
     if has_u:
-        targets_u = co_guess_targets(net, peer_net, u1, u2, T)
         all_inputs = torch.cat([x1, x2, u1, u2], dim=0)  # (2b + 2b_u, C, H, W)
         all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)  # (2b + 2b_u, K)
     else:
