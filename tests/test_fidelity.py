@@ -399,6 +399,7 @@ ORIGINAL_HYPERPARAMETERS = {
     "cifar10": ("preact_resnet18", 32, 25, 64, 4.0, 25.0, 0.5, 0.5, 10, 300, (1.0, 1.0, 1e-5, 3e-4), False),
     "cifar100": ("preact_resnet18", 32, 25, 64, 4.0, 25.0, 0.5, 0.5, 30, 300, (1.0, 1.0, 1e-5, 3e-4), False),
     "animal10n": ("vgg19_bn", 64, 64, 64, 4.0, 25.0, 0.08, 0.5, 40, 300, (1.0, 8e-5, 8e-5, 8e-5), False),
+    # Red: warm_up 30 (one stored version of the script has 1: README differences, row 27)
     "red_mini": ("preact_resnet18", 32, 64, 64, 4.0, 25.0, 0.5, 0.5, 30, 300, (1.0, 1.0, 3e-4, 3e-4), False),
     "clothing1m": ("resnet50", 224, 25, 32, 0.5, 0.0, 0.5, 0.5, 1, 80, (1.0, 1.0, 6e-6, 6e-6), True),
 }
