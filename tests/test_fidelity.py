@@ -437,3 +437,49 @@ def test_generative_loss_per_preset_on_hand_made_inputs():
                                        num_classes=4, **generative.loss_weights(PRESETS[preset]))  # fmt: skip
         expected = w1 * 0.0 + w2 * math.log(4) - w3 * -math.log(1 / 4 + 1e-8) - w4 * -6.0
         assert out.loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-7), preset
+
+
+def test_seeding_gives_the_originals_streams():
+    """Animal-10N, Red Mini-ImageNet and Clothing1M seed ``random`` and torch with --seed (123); numpy they leave
+    unseeded (here it is seeded too: README differences, row 13). The seeded streams are the original's."""
+    import random
+
+    from training.runtime import seed_everything
+
+    random.seed(123), torch.manual_seed(123)
+    expected = (random.random(), torch.rand(3), torch.randperm(10))
+    seed_everything(123)
+    assert random.random() == expected[0]
+    assert torch.equal(torch.rand(3), expected[1]) and torch.equal(torch.randperm(10), expected[2])
+    assert np.random.get_state()[1][0] == np.random.RandomState(123).get_state()[1][0]
+
+
+# ================================================================ numerics of the penalties ================
+def original_prior_penalty(logits: Tensor, K: int) -> Tensor:
+    """The original's formula: prior * log(prior / mean softmax)."""
+    prior = torch.ones(K) / K
+    return torch.sum(prior * torch.log(prior / torch.softmax(logits, dim=1).mean(0)))
+
+
+def test_penalties_equal_the_originals_and_stay_finite_where_a_probability_underflows():
+    """A collapsed prediction (Clothing1M from scratch on a few hundred images): a class whose mean probability
+    underflows to 0 makes the original's prior penalty inf and its NegEntropy NaN, which stopped the run.
+    Both are evaluated in the log domain here: the original's values where those are finite, the exact value
+    (float64 reference) where they are not."""
+    moderate = torch.tensor([[2.0, -1.0, 0.5, 0.0], [0.3, 0.2, -2.0, 1.0]])
+    assert dm.uniform_prior_penalty(moderate, 4).item() == pytest.approx(original_prior_penalty(moderate, 4).item())
+    probs = torch.softmax(moderate, 1)
+    assert dm.neg_entropy(moderate).item() == pytest.approx(torch.mean(torch.sum(probs.log() * probs, 1)).item())
+
+    collapsed = torch.tensor([[60.0, 0.0, -60.0, 0.0], [55.0, 1.0, -70.0, 2.0]], requires_grad=True)
+    assert torch.isinf(original_prior_penalty(collapsed.detach(), 4))
+    p = torch.softmax(collapsed.detach(), 1)
+    assert torch.isnan(torch.mean(torch.sum(p.log() * p, 1)))
+    log_mean = torch.logsumexp(torch.log_softmax(collapsed.detach().double(), 1), 0) - math.log(2)
+    exact = torch.sum(0.25 * (math.log(0.25) - log_mean)).item()  # about 29: a strong pull back, not inf
+    penalty = dm.uniform_prior_penalty(collapsed, 4)
+    assert penalty.item() == pytest.approx(exact, rel=1e-5)
+    entropy = dm.neg_entropy(collapsed)
+    assert torch.isfinite(entropy) and entropy.item() == pytest.approx(0.0, abs=1e-6)
+    (penalty + entropy).backward()
+    assert torch.isfinite(collapsed.grad).all() and collapsed.grad.abs().max() > 0
