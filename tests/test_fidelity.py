@@ -288,9 +288,10 @@ ORIGINAL_STEP_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("preset", ["cifar10", "animal10n", "red_mini", "clothing1m"])
+@pytest.mark.parametrize("preset", ["cifar10", "cifar100", "animal10n", "red_mini", "clothing1m"])
 def test_instancegm_step_sequence_and_settings_per_preset(tmp_path, monkeypatch, preset):
-    cfg, trainer, trace = make_trainer(preset, tmp_path, monkeypatch)
+    # B = 1 at 224 px keeps the generative model's step short (its batch is 2B)
+    cfg, trainer, trace = make_trainer(preset, tmp_path, monkeypatch, batch_size=1 if preset == "clothing1m" else 2)
     net1, net2 = trainer.peers
     name_mixed_inputs(monkeypatch, trace, None if cfg.mix_unlabeled else 2 * cfg.batch_size)
     B = cfg.batch_size
