@@ -8,6 +8,7 @@ pure where possible, so it can be tested against hand-computed values.
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -95,16 +96,25 @@ def semi_loss(logits_x: Tensor, targets_x: Tensor, logits_u: Tensor, targets_u: 
 
 
 def uniform_prior_penalty(logits: Tensor, num_classes: int) -> Tensor:
-    """sum_c pi_c log(pi_c / mean_i p_ic) with pi uniform: keeps the mean prediction from collapsing."""
-    prior = torch.full((num_classes,), 1.0 / num_classes, device=logits.device)
-    pred_mean = torch.softmax(logits.float(), dim=1).mean(0)
-    return torch.sum(prior * torch.log(prior / pred_mean))
+    """sum_c pi_c log(pi_c / mean_i p_ic) with pi uniform: keeps the mean prediction from collapsing.
+
+    DIVERGES(original): log(mean_i p_ic) is taken in the log domain (log-sum-exp of the log-softmax), not as
+    the log of the mean of the softmax: the same value wherever the original's is finite, but finite (with a
+    finite gradient) when a class's mean probability underflows to 0, where the original's is inf.
+    """
+    log_prior = -math.log(num_classes)
+    log_pred_mean = torch.logsumexp(F.log_softmax(logits.float(), dim=1), dim=0) - math.log(logits.size(0))
+    return torch.sum(math.exp(log_prior) * (log_prior - log_pred_mean))
 
 
 def neg_entropy(logits: Tensor) -> Tensor:
-    """DivideMix ``NegEntropy``: mean_i sum_c p log p. Adding it to the loss maximises prediction entropy."""
-    probs = torch.softmax(logits.float(), dim=1)
-    return torch.mean(torch.sum(torch.log(probs.clamp_min(1e-12)) * probs, dim=1))
+    """DivideMix ``NegEntropy``: mean_i sum_c p log p. Adding it to the loss maximises prediction entropy.
+
+    DIVERGES(original): log p is the log-softmax, not the log of the softmax, whose 0 * log 0 is NaN when a
+    probability underflows; otherwise the same value.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    return torch.mean(torch.sum(log_probs.exp() * log_probs, dim=1))
 
 
 # ---------------------------------------------------------------- one DivideMix step --------------------------
@@ -142,10 +152,12 @@ def step(
     b = x1.size(0)
     y_onehot = F.one_hot(y_noisy, num_classes).float()
     has_u = u1 is not None and u1.size(0) > 0
-    # ---- co-guessing and label refinement (no gradient; BN statistics still update in train mode) ----
+    # ---- co-guessing, then label refinement (no gradient; BN statistics still update in train mode) ----
+    # NOTE(original): co-guessing runs first (net(u1), net(u2), peer(u1), peer(u2), then net(x1), net(x2)).
+    # The outputs do not depend on the order, but the trained net's BatchNorm running statistics do.
+    targets_u = co_guess_targets(net, peer_net, u1, u2, T) if has_u else None
     targets_x = refine_labeled_targets(net, x1, x2, y_onehot, w_clean, T)
     if has_u:
-        targets_u = co_guess_targets(net, peer_net, u1, u2, T)
         all_inputs = torch.cat([x1, x2, u1, u2], dim=0)  # (2b + 2b_u, C, H, W)
         all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)  # (2b + 2b_u, K)
     else:
