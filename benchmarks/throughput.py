@@ -65,7 +65,7 @@ from dataloaders.transforms import AugSpec, pil_test_transform, pil_train_transf
 from training import Config, dividemix, generative  # noqa: E402
 from training.launch import build_peers  # noqa: E402
 from training.metrics import RunningMeans  # noqa: E402
-from training.runtime import autocast_factory, resolve_device  # noqa: E402
+from training.runtime import autocast_factory, eval_batch_size, resolve_device  # noqa: E402
 from training.trainer import joint_step  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -243,6 +243,32 @@ class NaiveData:
             yield x.to(self.device), y.to(self.device), idx
 
 
+@torch.no_grad()
+def original_eval_train(net: torch.nn.Module, batches, num_train: int) -> torch.Tensor:
+    """The original ``eval_train`` loop: per-sample losses written one by one (a Python loop over the batch,
+    one element copy each) into a host vector of the training-set size."""
+    net.eval()
+    losses = torch.zeros(num_train)
+    for x, y, index in batches:
+        loss = F.cross_entropy(net(x), y, reduction="none")
+        for b in range(x.size(0)):
+            losses[index[b]] = loss[b]
+    return losses
+
+
+@torch.no_grad()
+def original_test(nets: list[torch.nn.Module], batches) -> float:
+    """The original ``test`` loop: both nets, summed logits, a host read (``.item()``) of the count per batch."""
+    for net in nets:
+        net.eval()
+    correct = total = 0
+    for x, y in batches:
+        predicted = sum(net(x) for net in nets).argmax(1)
+        total += y.size(0)
+        correct += predicted.eq(y).cpu().sum().item()
+    return 100.0 * correct / max(total, 1)
+
+
 def build_data(path: str, arrays: dict, device: torch.device, args: argparse.Namespace):
     """The data side of a path: the engine's ``InMemoryDataModule`` (device / pil) or the original's loaders."""
     if path == "naive":
@@ -301,7 +327,8 @@ class Bench:
         return generative.loss_weights(self.cfg)
 
     # ---------------- steps as CoTrainer runs them ----------------
-    def warmup_step(self, batches: Iterator, meters: RunningMeans) -> None:
+    def warmup_step(self, batches: Iterator, meters: RunningMeans, host_read: bool = False) -> None:
+        """``host_read``: read the loss on the host every step (the original prints it each iteration)."""
         peer = self.peers[0]
         peer.net.train()
         x, y, _ = next(batches)
@@ -310,7 +337,10 @@ class Bench:
             logits = peer.net(x)
         loss, ce = dividemix.warmup_loss(logits, y, self.cfg.warmup_penalty)
         self.optimize(loss, peer.opt)
-        meters.update(loss=loss, ce=ce)
+        if host_read:
+            loss.item()
+        else:
+            meters.update(loss=loss, ce=ce)
 
     def train_step(self, labeled: Iterator, unlabeled: Iterator, vae_batches: Iterator | None,
                    meters: RunningMeans, marks: list | None = None) -> None:  # fmt: skip
@@ -442,7 +472,8 @@ class PathRunner:
         self.n_train, self.n_test = len(arrays["noisy_labels"]), len(arrays["test_labels"])
         self.data = None if path == "floor" else build_data(path, arrays, bench.device, args)
         self.tensors = bench.floor_tensors() if path == "floor" else None
-        self.eval_batch = B if path == "naive" else max(256, 2 * B)  # the original evaluates in batches of B
+        # The original evaluates in batches of B; the engine in the trainer's batch.
+        self.eval_batch = B if path == "naive" else eval_batch_size(bench.cfg, bench.device)
         self.meters = RunningMeans()
         self._iters: dict[str, Iterator] = {}
         # A fixed division: labeled_fraction of the samples "clean" with probabilities in [0.5, 1).
@@ -471,7 +502,7 @@ class PathRunner:
             }[phase]
         if phase == "warmup step":
             warm = self._iter("warmup", lambda: endless(lambda: data.warmup_loader(2 * B)))
-            return lambda: b.warmup_step(warm, self.meters)
+            return lambda: b.warmup_step(warm, self.meters, host_read=self.path == "naive")
         if phase in ("dm step", "igm step"):
             labeled = self._iter(
                 "labeled", lambda: endless(lambda: data.labeled_loader(self.labeled_idx, self.labeled_prob, B))
@@ -482,10 +513,15 @@ class PathRunner:
         if phase == "eval-train pass":
             evals = self._iter("eval", lambda: endless(lambda: data.eval_train_loader(self.eval_batch)))
             net = b.peers[0].net
+            if self.path == "naive":
+                return lambda: original_eval_train(net, itertools.islice(evals, args.eval_batches), self.n_train)
             return lambda: dividemix.per_sample_losses(
-                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast
+                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast, prep=b.prep
             )
         tests = self._iter("test", lambda: endless(lambda: data.test_loader(self.eval_batch)))
+        if self.path == "naive":
+            nets = [peer.net for peer in b.peers]
+            return lambda: original_test(nets, itertools.islice(tests, args.eval_batches))
         return lambda: b.test_pass(tests, args.eval_batches)
 
     def images(self, phase: str) -> int:

@@ -55,6 +55,7 @@ class Config:
     vae_size: int = 32  # input resolution of the generative model's architecture: 32, 64 or 224
     z_dim: int = 25  # d: latent size of the generative model
     channels_last: bool = False  # memory format for the convolutions (a speed option; same results)
+    eval_batch_size: int = 0  # batch of the no-grad passes (divide, test); 0: B on the CPU, max(256, 2B) on a GPU
     # ---------------- optimisation ----------------
     batch_size: int = 64  # B: labeled (and unlabeled) batch; warm-up and VAE batches are 2B
     lr: float = 0.02  # classifier SGD learning rate

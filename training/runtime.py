@@ -52,6 +52,19 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
+def eval_batch_size(cfg, device: torch.device) -> int:
+    """Batch of the no-grad evaluation passes (divide, test, validation); the result does not depend on it.
+
+    GPU: large batches (max(256, 2B)) fill the device. CPU: B, the original's evaluation batch. Above glibc's
+    32 MiB mmap threshold every activation buffer is a fresh mmap that the kernel zero-fills page by page on each
+    forward: at width 64 a batch of 256 makes 33 % of the pass system time and runs 20 % slower per image than
+    batches of 64 (benchmarks/results/cpu_options_w64.md).
+    """
+    if cfg.eval_batch_size > 0:
+        return cfg.eval_batch_size
+    return max(256, 2 * cfg.batch_size) if device.type == "cuda" else cfg.batch_size
+
+
 # ---------------------------------------------------------------- RNG state --------------------------------
 # Stored as plain tensors/ints/lists so checkpoints load with torch.load(weights_only=True).
 def capture_rng_state() -> dict:
