@@ -70,7 +70,7 @@ from training.trainer import joint_step  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PATHS = ("device", "pil", "naive")
-OPTIONS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "fp16", "compile")
+OPTIONS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "fp16", "compile", "no_onednn")
 ORIGINAL_WORKERS = 5  # num_workers of every DataLoader in the original (DivideMix's dataloader_cifar.py)
 
 
@@ -655,6 +655,41 @@ def measure_gmm(bench: Bench, n_train: int, args: argparse.Namespace) -> list[di
              "images_per_s": n_train / (s["ms_median"] / 1e3), "epoch_s": 2 * s["ms_median"] / 1e3}]  # fmt: skip
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure_eval_batches(bench: Bench, arrays: dict, sizes: list[int], args: argparse.Namespace) -> list[dict]:
+    """The divide's forward pass (``per_sample_losses`` on the device pipeline) at several batch sizes, timed
+    round-robin over the same images: images/s, process CPU time and minor page faults per image."""
+    data = build_data("device", arrays, bench.device, args)
+    net = bench.peers[0].net
+    images = max(sizes) * args.eval_batches
+    per: dict[int, dict[str, list[float]]] = {n: {"wall": [], "cpu": [], "faults": []} for n in sizes}
+
+    def run(n: int) -> None:
+        batches = itertools.islice(data.eval_train_loader(n), images // n)
+        dividemix.per_sample_losses(net, batches, images, bench.device, bench.autocast, prep=bench.prep)
+
+    for n in sizes:
+        run(n)  # untimed: oneDNN primitives and allocator warm-up
+    for _ in range(args.reps):
+        for n in sizes:
+            sync(bench.device)
+            f0, c0, t0 = _minor_faults(), time.process_time(), time.perf_counter()
+            run(n)
+            sync(bench.device)
+            per[n]["wall"].append(time.perf_counter() - t0)
+            per[n]["cpu"].append(time.process_time() - c0)
+            per[n]["faults"].append(_minor_faults() - f0)
+    return [
+        {"eval_batch": n, "images": images, "images_per_s": images / float(np.median(v["wall"])),
+         "cpu_ms_per_image": 1e3 * float(np.median(v["cpu"])) / images,
+         "minor_faults_per_image": float(np.median(v["faults"])) / images, "reps": args.reps}
+        for n, v in per.items()
+    ]  # fmt: skip
+
+
 # ================================================================ speed options ================================
 def channels_last_problem(cfg: Config, device: torch.device) -> str:
     """Why channels_last cannot run here ('' if it can).
@@ -685,9 +720,25 @@ def step_gradients(bench: Bench, t: dict, seed: int = 1) -> tuple[float, torch.T
     return loss.item(), grads
 
 
+def _option_call(option: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``no_onednn``: the same call with PyTorch's oneDNN (mkldnn) CPU kernels switched off."""
+    if option != "no_onednn":
+        return fn
+
+    def call() -> Any:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return fn()
+
+    return call
+
+
 def measure_options(base: Config, device: torch.device, options: list[str], args: argparse.Namespace) -> list[dict]:
-    """Floor of the InstanceGM step per speed option, and its accuracy cost against fp32."""
-    rows, reference = [], None
+    """Floor of the InstanceGM step per speed option, and its accuracy cost against fp32.
+
+    The options are timed round-robin (one block of each, repeated), so that load changing on a shared machine
+    hits every option alike.
+    """
+    rows, reference, calls = [], None, {}
     for option in ["fp32"] + [o for o in options if o != "fp32"]:
         if option == "fp16" and device.type != "cuda":
             rows.append({"option": option, "skipped": "fp16 autocast needs CUDA"})
@@ -703,13 +754,13 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
         ]
         t = bench.floor_tensors()
         t0 = time.perf_counter()
-        loss, grads = step_gradients(bench, t)  # first call: includes compilation for torch.compile
+        # first call: includes compilation for torch.compile
+        loss, grads = _option_call(option, lambda b=bench, t=t: step_gradients(b, t))()
         first_s = time.perf_counter() - t0
-        stats = time_steps(lambda b=bench, t=t: b.floor_step(t, True), device,
-                           warmup=args.warmup_iters, reps=args.reps, steps=args.steps)  # fmt: skip
+        calls[option] = _option_call(option, lambda b=bench, t=t: b.floor_step(t, True))
         if reference is None:
             reference = (loss, grads, state)
-        row = {"option": option, **stats, "first_step_s": first_s, "loss": loss}
+        row = {"option": option, "first_step_s": first_s, "loss": loss}
         ref_loss, ref_grads, ref_state = reference
         same_init = all(torch.equal(a[0][k].float(), b[0][k].float()) for a, b in zip(state, ref_state) for k in a[0])
         row["loss_abs_diff"] = abs(loss - ref_loss)
@@ -718,7 +769,10 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
         row["grad_cosine"] = float(F.cosine_similarity(grads.double(), ref_grads.double(), dim=0))
         row["same_init"] = same_init
         rows.append(row)
-    fp32 = rows[0]["ms_median"]
+    stats = time_interleaved(calls, device, warmup=args.warmup_iters, reps=args.reps, steps=args.steps)
+    for row in rows:
+        row.update(stats.get(row["option"], {}))
+    fp32 = stats["fp32"]["ms_median"]
     for row in rows:
         if "ms_median" in row:
             row["speedup_vs_fp32"] = fp32 / row["ms_median"]
@@ -774,6 +828,13 @@ def markdown(report: dict) -> str:
             total = sum(r["breakdown_ms"].values())
             parts = ", ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in r["breakdown_ms"].items())
             out += f"- igm step breakdown ({r['path']}, synced): {parts}\n"
+    if report.get("eval_batches"):
+        out += "\n| eval batch | images/s | CPU ms per image | minor page faults per image |\n|---|---|---|---|\n"
+        for r in report["eval_batches"]:
+            out += (
+                f"| {r['eval_batch']} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.1f} "
+                f"| {r['minor_faults_per_image']:.0f} |\n"
+            )
     if report.get("options"):
         out += (
             "\n| option | floor ms/step (igm) | IQR | speed-up vs fp32 | first step s | loss abs diff "
@@ -833,6 +894,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="data paths to time (none: --paths)")
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")
     p.add_argument("--no_floor", action="store_true", help="skip the floor")
+    p.add_argument("--eval_batch_sizes", nargs="*", type=int, default=[], help="divide batch sizes to compare")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median, IQR, min-max over these)")
     p.add_argument("--steps", type=int, default=3, help="steps per repetition")
     p.add_argument("--warmup_iters", type=int, default=2, help="untimed steps before each timed phase")
@@ -873,6 +935,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.paths or not args.no_floor:
         report["phases"] = measure_phases(bench, arrays, args)
     report["summary"] = summary(report["phases"], device)
+    if args.eval_batch_sizes:
+        report["eval_batches"] = measure_eval_batches(bench, arrays, args.eval_batch_sizes, args)
     if args.options:
         report["options"] = measure_options(cfg, device, args.options, args)
     report["environment"]["load_average_1min_end"] = os.getloadavg()[0]
