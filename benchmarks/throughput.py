@@ -14,16 +14,19 @@ Phases (SPEC §3, §9), each timed through the engine's own functions on a synth
 
 Data paths, measured side by side in one process: ``device`` (the default: the uint8 set on the device,
 batched augmentation), ``pil`` (this implementation's per-sample PIL loaders, persistent random VAE batches)
-and ``naive`` (the original's access pattern: per-sample PIL transforms in 5-worker DataLoaders for every
-loader, and a NEW shuffled 5-worker DataLoader iterator per step for the VAE batch, first batch only; SPEC §8
-item 19). The ``floor`` is the same step's network passes alone: in-memory tensors, no data loading, no
+and ``naive`` (the original's pattern, ``instanceGM.py``'s ``warmup``/``eval_train``/``train``/``test``:
+per-sample PIL transforms in 5-worker DataLoaders for every loader, a NEW shuffled 5-worker DataLoader iterator
+per step for the VAE batch, first batch only (SPEC §8 item 19); evaluation in batches of B, with eval_train's
+per-sample Python loop writing each loss into a host vector and test's host read of the count per batch; the
+warm-up loss read on the host every step). The ``floor`` is the same step's network passes alone: in-memory tensors, no data loading, no
 augmentation, no targets or metrics; the gap of a step to its floor is the engine's overhead.
 
 ``--options`` times the floor of the InstanceGM step under speed options (channels_last, bf16 autocast,
-torch.compile) and measures their accuracy cost: the loss and gradients of one step from the same weights and
-inputs, compared with fp32.
+torch.compile, oneDNN off), round-robin, and measures their accuracy cost: the loss and gradients of one step
+from the same weights and inputs, compared with fp32. ``--eval_batch_sizes`` times the divide's forward pass at
+several batch sizes (images/s, CPU time and minor page faults per image).
 
-    python benchmarks/throughput.py --width 16 --device cpu               # all paths, CIFAR-10 shape
+    python benchmarks/throughput.py --device cpu --paths device naive     # the paper's width 64, CIFAR-10 shape
     python benchmarks/throughput.py --device cuda --amp bf16 --channels_last
     python benchmarks/throughput.py --paths device --options fp32 channels_last bf16 compile
     python benchmarks/throughput.py --quick                                # seconds (tests/test_benchmarks.py)
