@@ -18,8 +18,9 @@ and ``naive`` (the original's pattern, ``instanceGM.py``'s ``warmup``/``eval_tra
 per-sample PIL transforms in 5-worker DataLoaders for every loader, a NEW shuffled 5-worker DataLoader iterator
 per step for the VAE batch, first batch only (SPEC §8 item 19); evaluation in batches of B, with eval_train's
 per-sample Python loop writing each loss into a host vector and test's host read of the count per batch; the
-warm-up loss read on the host every step). The ``floor`` is the same step's network passes alone: in-memory tensors, no data loading, no
-augmentation, no targets or metrics; the gap of a step to its floor is the engine's overhead.
+warm-up loss read on the host every step). The ``floor`` is the same step's network passes alone: in-memory
+tensors, no data loading, no augmentation, no targets or metrics; the gap of a step to its floor is the engine's
+overhead.
 
 ``--options`` times the floor of the InstanceGM step under speed options (channels_last, bf16 autocast,
 torch.compile, oneDNN off), round-robin, and measures their accuracy cost: the loss and gradients of one step
