@@ -694,6 +694,75 @@ def measure_eval_batches(bench: Bench, arrays: dict, sizes: list[int], args: arg
     ]  # fmt: skip
 
 
+# Self CPU time of the profiled step, by layer type (PyTorch op names, CPU and CUDA kernels alike).
+OP_GROUPS = {
+    "convolution forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
+                            "aten::cudnn_convolution", "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"),
+    "convolution backward": ("aten::convolution_backward", "aten::mkldnn_convolution_backward",
+                             "aten::_slow_conv2d_backward", "aten::cudnn_convolution_backward"),
+    "batch norm": ("aten::native_batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm_backward",
+                   "aten::batch_norm"),
+    "relu": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_", "aten::threshold_backward"),
+    "linear": ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear"),
+    "elementwise": ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div", "aten::div_",
+                    "aten::log", "aten::exp", "aten::pow", "aten::sigmoid", "aten::softmax", "aten::_softmax"),
+    "optimiser": ("aten::_foreach_add_", "aten::_foreach_mul_", "aten::_foreach_addcmul_",
+                  "aten::_foreach_addcdiv_", "aten::_foreach_sqrt", "aten::_foreach_div_", "aten::_foreach_lerp_",
+                  "aten::_foreach_add", "aten::_foreach_mul"),
+    "memory (alloc, copy, layout)": ("aten::empty", "aten::empty_strided", "aten::copy_", "aten::clone",
+                                     "aten::zeros", "aten::zero_", "aten::fill_", "aten::contiguous",
+                                     "aten::to_mkldnn"),
+}  # fmt: skip
+
+
+def measure_profile(bench: Bench) -> dict[str, Any]:
+    """Where one InstanceGM step's network work (the floor) spends its time, per layer type, against the
+    compute floor: the step's convolution FLOPs at the rate of a large fp32 matrix product on this device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t = bench.floor_tensors()
+    flops = {"no_grad": 0.0, "grad": 0.0}
+
+    def count(module: torch.nn.Module, _inp, out: torch.Tensor) -> None:
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        flops["grad" if torch.is_grad_enabled() else "no_grad"] += 2.0 * out.numel() * k
+
+    modules = [m for p in bench.peers for part in (p.net, p.vae) for m in part.modules()]
+    hooks = [
+        m.register_forward_hook(count) for m in modules if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    bench.floor_step(t, True)
+    for h in hooks:
+        h.remove()
+    # A forward with gradient is followed by two backward products of the same size (input and weight grads).
+    conv_flops = flops["no_grad"] + 3 * flops["grad"]
+    bench.floor_step(t, True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        bench.floor_step(t, True)
+        sync(bench.device)
+        wall = time.perf_counter() - t0
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(self_s.values())
+    by_type = {g: sum(self_s.get(n, 0.0) for n in names) for g, names in OP_GROUPS.items()}
+    by_type["other"] = total - sum(by_type.values())
+    a = torch.randn(2048, 2048, device=bench.device)
+    torch.mm(a, a)
+    sync(bench.device)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    sync(bench.device)
+    gemm = 5 * 2 * 2048**3 / (time.perf_counter() - t0)
+    conv_s = by_type["convolution forward"] + by_type["convolution backward"]
+    return {
+        "step_s_profiled": wall, "self_s_total": total, "by_type_s": by_type, "conv_gflop": conv_flops / 1e9,
+        "conv_gflop_per_s": conv_flops / max(conv_s, 1e-9) / 1e9, "gemm_gflop_per_s": gemm / 1e9,
+        "compute_floor_s": conv_flops / gemm, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
 # ================================================================ speed options ================================
 def channels_last_problem(cfg: Config, device: torch.device) -> str:
     """Why channels_last cannot run here ('' if it can).
@@ -832,6 +901,18 @@ def markdown(report: dict) -> str:
             total = sum(r["breakdown_ms"].values())
             parts = ", ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in r["breakdown_ms"].items())
             out += f"- igm step breakdown ({r['path']}, synced): {parts}\n"
+    prof = report.get("profile")
+    if prof:
+        out += (
+            f"\nProfile of one InstanceGM floor step ({prof['step_s_profiled']:.2f} s under the profiler, "
+            f"{prof['threads']} threads): convolutions {prof['conv_gflop']:.0f} GFLOP at "
+            f"{prof['conv_gflop_per_s']:.0f} GFLOP/s; a 2048² fp32 matrix product runs at "
+            f"{prof['gemm_gflop_per_s']:.0f} GFLOP/s, so the convolutions alone need >= "
+            f"{prof['compute_floor_s']:.2f} s."
+            "\n\n| layer type | self time s | share |\n|---|---|---|\n"
+        )
+        for name, sec in sorted(prof["by_type_s"].items(), key=lambda kv: -kv[1]):
+            out += f"| {name} | {sec:.2f} | {sec / prof['self_s_total']:.0%} |\n"
     if report.get("eval_batches"):
         out += "\n| eval batch | images/s | CPU ms per image | minor page faults per image |\n|---|---|---|---|\n"
         for r in report["eval_batches"]:
@@ -899,6 +980,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")
     p.add_argument("--no_floor", action="store_true", help="skip the floor")
     p.add_argument("--eval_batch_sizes", nargs="*", type=int, default=[], help="divide batch sizes to compare")
+    p.add_argument("--profile", action="store_true", help="per-layer-type profile of the InstanceGM floor step")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median, IQR, min-max over these)")
     p.add_argument("--steps", type=int, default=3, help="steps per repetition")
     p.add_argument("--warmup_iters", type=int, default=2, help="untimed steps before each timed phase")
@@ -939,6 +1021,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.paths or not args.no_floor:
         report["phases"] = measure_phases(bench, arrays, args)
     report["summary"] = summary(report["phases"], device)
+    if args.profile:
+        report["profile"] = measure_profile(bench)
     if args.eval_batch_sizes:
         report["eval_batches"] = measure_eval_batches(bench, arrays, args.eval_batch_sizes, args)
     if args.options:
