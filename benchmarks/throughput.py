@@ -604,7 +604,8 @@ def measure_phases(bench: Bench, arrays: dict, args: argparse.Namespace) -> list
                      "epoch_s": r.calls_per_epoch(phase) * s["ms_median"] / 1e3}
                 )  # fmt: skip
             print(f"[throughput] {', '.join(group)}: done", file=sys.stderr, flush=True)
-        rows += measure_breakdown(bench, runners, args)
+        if not args.no_breakdown:
+            rows += measure_breakdown(bench, runners, args)
     finally:
         for r in runners.values():
             r.close()
@@ -979,6 +980,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="data paths to time (none: --paths)")
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")
     p.add_argument("--no_floor", action="store_true", help="skip the floor")
+    p.add_argument("--no_breakdown", action="store_true", help="skip the synced breakdown of the InstanceGM step")
     p.add_argument("--eval_batch_sizes", nargs="*", type=int, default=[], help="divide batch sizes to compare")
     p.add_argument("--profile", action="store_true", help="per-layer-type profile of the InstanceGM floor step")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median, IQR, min-max over these)")
