@@ -100,8 +100,8 @@ def eval_batch_size(cfg, device: torch.device) -> int:
 
     GPU: large batches (max(256, 2B)) fill the device. CPU: B, the original's evaluation batch. Above glibc's
     32 MiB mmap threshold every activation buffer is a fresh mmap that the kernel zero-fills page by page on each
-    forward: at width 64 a batch of 256 makes 33 % of the pass system time and runs 20 % slower per image than
-    batches of 64 (benchmarks/results/cpu_options_w64.md).
+    forward: at width 64 a batch of 256 spends a third of its CPU time in those page faults and costs 1.26x the
+    CPU time per image of batches of 64 (benchmarks/results/cpu_options_w64.md).
     """
     if cfg.eval_batch_size > 0:
         return cfg.eval_batch_size
