@@ -14,16 +14,20 @@ Phases (SPEC §3, §9), each timed through the engine's own functions on a synth
 
 Data paths, measured side by side in one process: ``device`` (the default: the uint8 set on the device,
 batched augmentation), ``pil`` (this implementation's per-sample PIL loaders, persistent random VAE batches)
-and ``naive`` (the original's access pattern: per-sample PIL transforms in 5-worker DataLoaders for every
-loader, and a NEW shuffled 5-worker DataLoader iterator per step for the VAE batch, first batch only; SPEC §8
-item 19). The ``floor`` is the same step's network passes alone: in-memory tensors, no data loading, no
-augmentation, no targets or metrics; the gap of a step to its floor is the engine's overhead.
+and ``naive`` (the original's pattern, ``instanceGM.py``'s ``warmup``/``eval_train``/``train``/``test``:
+per-sample PIL transforms in 5-worker DataLoaders for every loader, a NEW shuffled 5-worker DataLoader iterator
+per step for the VAE batch, first batch only (SPEC §8 item 19); evaluation in batches of B, with eval_train's
+per-sample Python loop writing each loss into a host vector and test's host read of the count per batch; the
+warm-up loss read on the host every step). The ``floor`` is the same step's network passes alone: in-memory
+tensors, no data loading, no augmentation, no targets or metrics; the gap of a step to its floor is the engine's
+overhead.
 
 ``--options`` times the floor of the InstanceGM step under speed options (channels_last, bf16 autocast,
-torch.compile) and measures their accuracy cost: the loss and gradients of one step from the same weights and
-inputs, compared with fp32.
+torch.compile, oneDNN off), round-robin, and measures their accuracy cost: the loss and gradients of one step
+from the same weights and inputs, compared with fp32. ``--eval_batch_sizes`` times the divide's forward pass at
+several batch sizes (images/s, CPU time and minor page faults per image).
 
-    python benchmarks/throughput.py --width 16 --device cpu               # all paths, CIFAR-10 shape
+    python benchmarks/throughput.py --device cpu --paths device naive     # the paper's width 64, CIFAR-10 shape
     python benchmarks/throughput.py --device cuda --amp bf16 --channels_last
     python benchmarks/throughput.py --paths device --options fp32 channels_last bf16 compile
     python benchmarks/throughput.py --quick                                # seconds (tests/test_benchmarks.py)
@@ -66,12 +70,12 @@ from training import Config, dividemix, generative  # noqa: E402
 from training.config import HelpFormatter  # noqa: E402
 from training.launch import build_peers  # noqa: E402
 from training.metrics import RunningMeans  # noqa: E402
-from training.runtime import autocast_factory, resolve_device  # noqa: E402
+from training.runtime import autocast_factory, eval_batch_size, resolve_device  # noqa: E402
 from training.trainer import joint_step  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PATHS = ("device", "pil", "naive")
-OPTIONS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "fp16", "compile")
+OPTIONS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "fp16", "compile", "no_onednn")
 ORIGINAL_WORKERS = 5  # num_workers of every DataLoader in the original (DivideMix's dataloader_cifar.py)
 
 
@@ -244,6 +248,32 @@ class NaiveData:
             yield x.to(self.device), y.to(self.device), idx
 
 
+@torch.no_grad()
+def original_eval_train(net: torch.nn.Module, batches, num_train: int) -> torch.Tensor:
+    """The original ``eval_train`` loop: per-sample losses written one by one (a Python loop over the batch,
+    one element copy each) into a host vector of the training-set size."""
+    net.eval()
+    losses = torch.zeros(num_train)
+    for x, y, index in batches:
+        loss = F.cross_entropy(net(x), y, reduction="none")
+        for b in range(x.size(0)):
+            losses[index[b]] = loss[b]
+    return losses
+
+
+@torch.no_grad()
+def original_test(nets: list[torch.nn.Module], batches) -> float:
+    """The original ``test`` loop: both nets, summed logits, a host read (``.item()``) of the count per batch."""
+    for net in nets:
+        net.eval()
+    correct = total = 0
+    for x, y in batches:
+        predicted = sum(net(x) for net in nets).argmax(1)
+        total += y.size(0)
+        correct += predicted.eq(y).cpu().sum().item()
+    return 100.0 * correct / max(total, 1)
+
+
 def build_data(path: str, arrays: dict, device: torch.device, args: argparse.Namespace):
     """The data side of a path: the engine's ``InMemoryDataModule`` (device / pil) or the original's loaders."""
     if path == "naive":
@@ -302,7 +332,8 @@ class Bench:
         return generative.loss_weights(self.cfg)
 
     # ---------------- steps as CoTrainer runs them ----------------
-    def warmup_step(self, batches: Iterator, meters: RunningMeans) -> None:
+    def warmup_step(self, batches: Iterator, meters: RunningMeans, host_read: bool = False) -> None:
+        """``host_read``: read the loss on the host every step (the original prints it each iteration)."""
         peer = self.peers[0]
         peer.net.train()
         x, y, _ = next(batches)
@@ -311,7 +342,10 @@ class Bench:
             logits = peer.net(x)
         loss, ce = dividemix.warmup_loss(logits, y, self.cfg.warmup_penalty)
         self.optimize(loss, peer.opt)
-        meters.update(loss=loss, ce=ce)
+        if host_read:
+            loss.item()
+        else:
+            meters.update(loss=loss, ce=ce)
 
     def train_step(self, labeled: Iterator, unlabeled: Iterator, vae_batches: Iterator | None,
                    meters: RunningMeans, marks: list | None = None) -> None:  # fmt: skip
@@ -443,7 +477,8 @@ class PathRunner:
         self.n_train, self.n_test = len(arrays["noisy_labels"]), len(arrays["test_labels"])
         self.data = None if path == "floor" else build_data(path, arrays, bench.device, args)
         self.tensors = bench.floor_tensors() if path == "floor" else None
-        self.eval_batch = B if path == "naive" else max(256, 2 * B)  # the original evaluates in batches of B
+        # The original evaluates in batches of B; the engine in the trainer's batch.
+        self.eval_batch = B if path == "naive" else eval_batch_size(bench.cfg, bench.device)
         self.meters = RunningMeans()
         self._iters: dict[str, Iterator] = {}
         # A fixed division: labeled_fraction of the samples "clean" with probabilities in [0.5, 1).
@@ -472,7 +507,7 @@ class PathRunner:
             }[phase]
         if phase == "warmup step":
             warm = self._iter("warmup", lambda: endless(lambda: data.warmup_loader(2 * B)))
-            return lambda: b.warmup_step(warm, self.meters)
+            return lambda: b.warmup_step(warm, self.meters, host_read=self.path == "naive")
         if phase in ("dm step", "igm step"):
             labeled = self._iter(
                 "labeled", lambda: endless(lambda: data.labeled_loader(self.labeled_idx, self.labeled_prob, B))
@@ -483,10 +518,15 @@ class PathRunner:
         if phase == "eval-train pass":
             evals = self._iter("eval", lambda: endless(lambda: data.eval_train_loader(self.eval_batch)))
             net = b.peers[0].net
+            if self.path == "naive":
+                return lambda: original_eval_train(net, itertools.islice(evals, args.eval_batches), self.n_train)
             return lambda: dividemix.per_sample_losses(
-                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast
+                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast, prep=b.prep
             )
         tests = self._iter("test", lambda: endless(lambda: data.test_loader(self.eval_batch)))
+        if self.path == "naive":
+            nets = [peer.net for peer in b.peers]
+            return lambda: original_test(nets, itertools.islice(tests, args.eval_batches))
         return lambda: b.test_pass(tests, args.eval_batches)
 
     def images(self, phase: str) -> int:
@@ -565,7 +605,8 @@ def measure_phases(bench: Bench, arrays: dict, args: argparse.Namespace) -> list
                      "epoch_s": r.calls_per_epoch(phase) * s["ms_median"] / 1e3}
                 )  # fmt: skip
             print(f"[throughput] {', '.join(group)}: done", file=sys.stderr, flush=True)
-        rows += measure_breakdown(bench, runners, args)
+        if not args.no_breakdown:
+            rows += measure_breakdown(bench, runners, args)
     finally:
         for r in runners.values():
             r.close()
@@ -620,6 +661,110 @@ def measure_gmm(bench: Bench, n_train: int, args: argparse.Namespace) -> list[di
              "images_per_s": n_train / (s["ms_median"] / 1e3), "epoch_s": 2 * s["ms_median"] / 1e3}]  # fmt: skip
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure_eval_batches(bench: Bench, arrays: dict, sizes: list[int], args: argparse.Namespace) -> list[dict]:
+    """The divide's forward pass (``per_sample_losses`` on the device pipeline) at several batch sizes, timed
+    round-robin over the same images: images/s, process CPU time and minor page faults per image."""
+    data = build_data("device", arrays, bench.device, args)
+    net = bench.peers[0].net
+    images = max(sizes) * args.eval_batches
+    per: dict[int, dict[str, list[float]]] = {n: {"wall": [], "cpu": [], "faults": []} for n in sizes}
+
+    def run(n: int) -> None:
+        batches = itertools.islice(data.eval_train_loader(n), images // n)
+        dividemix.per_sample_losses(net, batches, images, bench.device, bench.autocast, prep=bench.prep)
+
+    for n in sizes:
+        run(n)  # untimed: oneDNN primitives and allocator warm-up
+    for _ in range(args.reps):
+        for n in sizes:
+            sync(bench.device)
+            f0, c0, t0 = _minor_faults(), time.process_time(), time.perf_counter()
+            run(n)
+            sync(bench.device)
+            per[n]["wall"].append(time.perf_counter() - t0)
+            per[n]["cpu"].append(time.process_time() - c0)
+            per[n]["faults"].append(_minor_faults() - f0)
+    return [
+        {"eval_batch": n, "images": images, "images_per_s": images / float(np.median(v["wall"])),
+         "cpu_ms_per_image": 1e3 * float(np.median(v["cpu"])) / images,
+         "minor_faults_per_image": float(np.median(v["faults"])) / images, "reps": args.reps}
+        for n, v in per.items()
+    ]  # fmt: skip
+
+
+# Self CPU time of the profiled step, by layer type (PyTorch op names, CPU and CUDA kernels alike).
+OP_GROUPS = {
+    "convolution forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
+                            "aten::cudnn_convolution", "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"),
+    "convolution backward": ("aten::convolution_backward", "aten::mkldnn_convolution_backward",
+                             "aten::_slow_conv2d_backward", "aten::cudnn_convolution_backward"),
+    "batch norm": ("aten::native_batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm_backward",
+                   "aten::batch_norm"),
+    "relu": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_", "aten::threshold_backward"),
+    "linear": ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear"),
+    "elementwise": ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div", "aten::div_",
+                    "aten::log", "aten::exp", "aten::pow", "aten::sigmoid", "aten::softmax", "aten::_softmax"),
+    "optimiser": ("aten::_foreach_add_", "aten::_foreach_mul_", "aten::_foreach_addcmul_",
+                  "aten::_foreach_addcdiv_", "aten::_foreach_sqrt", "aten::_foreach_div_", "aten::_foreach_lerp_",
+                  "aten::_foreach_add", "aten::_foreach_mul"),
+    "memory (alloc, copy, layout)": ("aten::empty", "aten::empty_strided", "aten::copy_", "aten::clone",
+                                     "aten::zeros", "aten::zero_", "aten::fill_", "aten::contiguous",
+                                     "aten::to_mkldnn"),
+}  # fmt: skip
+
+
+def measure_profile(bench: Bench) -> dict[str, Any]:
+    """Where one InstanceGM step's network work (the floor) spends its time, per layer type, against the
+    compute floor: the step's convolution FLOPs at the rate of a large fp32 matrix product on this device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t = bench.floor_tensors()
+    flops = {"no_grad": 0.0, "grad": 0.0}
+
+    def count(module: torch.nn.Module, _inp, out: torch.Tensor) -> None:
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        flops["grad" if torch.is_grad_enabled() else "no_grad"] += 2.0 * out.numel() * k
+
+    modules = [m for p in bench.peers for part in (p.net, p.vae) for m in part.modules()]
+    hooks = [
+        m.register_forward_hook(count) for m in modules if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    bench.floor_step(t, True)
+    for h in hooks:
+        h.remove()
+    # A forward with gradient is followed by two backward products of the same size (input and weight grads).
+    conv_flops = flops["no_grad"] + 3 * flops["grad"]
+    bench.floor_step(t, True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        bench.floor_step(t, True)
+        sync(bench.device)
+        wall = time.perf_counter() - t0
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(self_s.values())
+    by_type = {g: sum(self_s.get(n, 0.0) for n in names) for g, names in OP_GROUPS.items()}
+    by_type["other"] = total - sum(by_type.values())
+    a = torch.randn(2048, 2048, device=bench.device)
+    torch.mm(a, a)
+    sync(bench.device)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    sync(bench.device)
+    gemm = 5 * 2 * 2048**3 / (time.perf_counter() - t0)
+    conv_s = by_type["convolution forward"] + by_type["convolution backward"]
+    return {
+        "step_s_profiled": wall, "self_s_total": total, "by_type_s": by_type, "conv_gflop": conv_flops / 1e9,
+        "conv_gflop_per_s": conv_flops / max(conv_s, 1e-9) / 1e9, "gemm_gflop_per_s": gemm / 1e9,
+        "compute_floor_s": conv_flops / gemm, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
 # ================================================================ speed options ================================
 def channels_last_problem(cfg: Config, device: torch.device) -> str:
     """Why channels_last cannot run here ('' if it can).
@@ -650,9 +795,25 @@ def step_gradients(bench: Bench, t: dict, seed: int = 1) -> tuple[float, torch.T
     return loss.item(), grads
 
 
+def _option_call(option: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``no_onednn``: the same call with PyTorch's oneDNN (mkldnn) CPU kernels switched off."""
+    if option != "no_onednn":
+        return fn
+
+    def call() -> Any:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return fn()
+
+    return call
+
+
 def measure_options(base: Config, device: torch.device, options: list[str], args: argparse.Namespace) -> list[dict]:
-    """Floor of the InstanceGM step per speed option, and its accuracy cost against fp32."""
-    rows, reference = [], None
+    """Floor of the InstanceGM step per speed option, and its accuracy cost against fp32.
+
+    The options are timed round-robin (one block of each, repeated), so that load changing on a shared machine
+    hits every option alike.
+    """
+    rows, reference, calls = [], None, {}
     for option in ["fp32"] + [o for o in options if o != "fp32"]:
         if option == "fp16" and device.type != "cuda":
             rows.append({"option": option, "skipped": "fp16 autocast needs CUDA"})
@@ -668,13 +829,13 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
         ]
         t = bench.floor_tensors()
         t0 = time.perf_counter()
-        loss, grads = step_gradients(bench, t)  # first call: includes compilation for torch.compile
+        # first call: includes compilation for torch.compile
+        loss, grads = _option_call(option, lambda b=bench, t=t: step_gradients(b, t))()
         first_s = time.perf_counter() - t0
-        stats = time_steps(lambda b=bench, t=t: b.floor_step(t, True), device,
-                           warmup=args.warmup_iters, reps=args.reps, steps=args.steps)  # fmt: skip
+        calls[option] = _option_call(option, lambda b=bench, t=t: b.floor_step(t, True))
         if reference is None:
             reference = (loss, grads, state)
-        row = {"option": option, **stats, "first_step_s": first_s, "loss": loss}
+        row = {"option": option, "first_step_s": first_s, "loss": loss}
         ref_loss, ref_grads, ref_state = reference
         same_init = all(torch.equal(a[0][k].float(), b[0][k].float()) for a, b in zip(state, ref_state) for k in a[0])
         row["loss_abs_diff"] = abs(loss - ref_loss)
@@ -683,7 +844,10 @@ def measure_options(base: Config, device: torch.device, options: list[str], args
         row["grad_cosine"] = float(F.cosine_similarity(grads.double(), ref_grads.double(), dim=0))
         row["same_init"] = same_init
         rows.append(row)
-    fp32 = rows[0]["ms_median"]
+    stats = time_interleaved(calls, device, warmup=args.warmup_iters, reps=args.reps, steps=args.steps)
+    for row in rows:
+        row.update(stats.get(row["option"], {}))
+    fp32 = stats["fp32"]["ms_median"]
     for row in rows:
         if "ms_median" in row:
             row["speedup_vs_fp32"] = fp32 / row["ms_median"]
@@ -739,6 +903,25 @@ def markdown(report: dict) -> str:
             total = sum(r["breakdown_ms"].values())
             parts = ", ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in r["breakdown_ms"].items())
             out += f"- igm step breakdown ({r['path']}, synced): {parts}\n"
+    prof = report.get("profile")
+    if prof:
+        out += (
+            f"\nProfile of one InstanceGM floor step ({prof['step_s_profiled']:.2f} s under the profiler, "
+            f"{prof['threads']} threads): convolutions {prof['conv_gflop']:.0f} GFLOP at "
+            f"{prof['conv_gflop_per_s']:.0f} GFLOP/s; a 2048² fp32 matrix product runs at "
+            f"{prof['gemm_gflop_per_s']:.0f} GFLOP/s, so the convolutions alone need >= "
+            f"{prof['compute_floor_s']:.2f} s."
+            "\n\n| layer type | self time s | share |\n|---|---|---|\n"
+        )
+        for name, sec in sorted(prof["by_type_s"].items(), key=lambda kv: -kv[1]):
+            out += f"| {name} | {sec:.2f} | {sec / prof['self_s_total']:.0%} |\n"
+    if report.get("eval_batches"):
+        out += "\n| eval batch | images/s | CPU ms per image | minor page faults per image |\n|---|---|---|---|\n"
+        for r in report["eval_batches"]:
+            out += (
+                f"| {r['eval_batch']} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.1f} "
+                f"| {r['minor_faults_per_image']:.0f} |\n"
+            )
     if report.get("options"):
         out += (
             "\n| option | floor ms/step (igm) | IQR | speed-up vs fp32 | first step s | loss abs diff "
@@ -797,6 +980,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="data paths to time (none: --paths)")
     p.add_argument("--options", nargs="*", choices=OPTIONS, default=[], help="speed options of the floor to compare")
     p.add_argument("--no_floor", action="store_true", help="skip the floor")
+    p.add_argument("--no_breakdown", action="store_true", help="skip the synced breakdown of the InstanceGM step")
+    p.add_argument("--eval_batch_sizes", nargs="*", type=int, default=[], help="divide batch sizes to compare")
+    p.add_argument("--profile", action="store_true", help="per-layer-type profile of the InstanceGM floor step")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median, IQR, min-max over these)")
     p.add_argument("--steps", type=int, default=3, help="steps per repetition")
     p.add_argument("--warmup_iters", type=int, default=2, help="untimed steps before each timed phase")
@@ -837,6 +1023,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.paths or not args.no_floor:
         report["phases"] = measure_phases(bench, arrays, args)
     report["summary"] = summary(report["phases"], device)
+    if args.profile:
+        report["profile"] = measure_profile(bench)
+    if args.eval_batch_sizes:
+        report["eval_batches"] = measure_eval_batches(bench, arrays, args.eval_batch_sizes, args)
     if args.options:
         report["options"] = measure_options(cfg, device, args.options, args)
     report["environment"]["load_average_1min_end"] = os.getloadavg()[0]

@@ -88,3 +88,39 @@ def test_fmnist_idn_quick_writes_table_json_figure_and_caches(tmp_path, capsys):
     assert again["table_markdown"] == table
     with pytest.raises(SystemExit, match="other settings"):
         fmnist_idn.main(["--quick", "--results_dir", str(tmp_path), "--lr", "0.1"])
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
+    from benchmarks import gpu_check
+
+    report = gpu_check.main([str(tmp_path), "--quick", "--data_path", str(FMNIST.parent)])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert (tmp_path / "gpu_check.md").read_text() == saved["markdown"] == report["markdown"]
+    assert saved["markdown"] in capsys.readouterr().out
+    phases = {(r["path"], r["phase"]) for r in saved["throughput"]["phases"]}
+    for phase in ("warmup step", "eval-train pass", "igm step", "test pass"):
+        assert {("device", phase), ("naive", phase)} <= phases
+    options = {r["option"]: r for r in saved["throughput"]["options"]}
+    assert options["fp32"]["grad_rel_l2"] == 0.0
+    assert 0 < options["bf16"]["grad_rel_l2"] < 0.5  # bf16 changes the result, within a bound
+    curve = saved["train"]["curve"]
+    assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
+    assert all(0.0 <= r["test_acc"] <= 100.0 for r in curve)
+    assert saved["train"]["num_train"] == 100 and (tmp_path / "gpu_check.png").stat().st_size > 0
+
+
+def test_gpu_check_imports_no_dashboard_library_and_refuses_cpu_without_quick(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; import benchmarks.gpu_check; print('wandb' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    if not torch.cuda.is_available():
+        from benchmarks import gpu_check
+
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            gpu_check.main([str(tmp_path), "--device", "cpu"])

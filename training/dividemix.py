@@ -189,16 +189,20 @@ def warmup_loss(logits: Tensor, y_noisy: Tensor, confidence_penalty: bool) -> tu
 # ---------------------------------------------------------------- divide ----------------------------------
 @torch.no_grad()
 def per_sample_losses(
-    net: nn.Module, loader, num_samples: int, device: torch.device, autocast=None
+    net: nn.Module, loader, num_samples: int, device: torch.device, autocast=None, prep=None
 ) -> tuple[Tensor, Tensor]:
     """Per-sample cross-entropy of every (eval-transform) training sample on its noisy label.
 
     Returns (losses, indices) in loader order, gathered on the device and moved to the CPU once. ``autocast``
-    is an optional context factory for the forward pass; the loss itself is computed in fp32.
+    is an optional context factory for the forward pass; the loss itself is computed in fp32. ``prep`` maps
+    each input batch to the layout the network runs in (the trainer's channels_last conversion): without it a
+    channels_last network gets contiguous batches and pays a layout conversion in every convolution.
     """
     net.eval()
     losses, indices = [], []
     for x, y, idx in loader:
+        if prep is not None:
+            x = prep(x)
         if autocast is not None:
             with autocast():
                 logits = net(x)

@@ -24,7 +24,7 @@ from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
 from training.progress import remaining_time_text
-from training.runtime import capture_rng_state, git_sha
+from training.runtime import capture_rng_state, eval_batch_size, git_sha
 
 log = logging.getLogger("training")
 
@@ -119,7 +119,7 @@ class CoTrainer:
         self.history: list[dict] = list(history or [])
         self.best: dict = dict(best or {})  # best-validation accuracy per peer (select_on_val)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        self.eval_batch = max(256, 2 * cfg.batch_size)
+        self.eval_batch = eval_batch_size(cfg, device)
         self._vae_iter: Iterator | None = None
         self._vae_pool: Tensor | None = None  # Clothing1M: the fixed subset the VAE batches come from
 
@@ -218,6 +218,7 @@ class CoTrainer:
             self.data.num_train,
             self.device,
             self.autocast,
+            prep=self._prep,
         )
         # Multi-process: every rank evaluated its shard; the divide is global, in dataset-index order.
         losses, indices = dist_lib.gather_by_index(self.dist, losses, indices)
