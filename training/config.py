@@ -68,6 +68,9 @@ class Config:
     # ---------------- DivideMix ----------------
     method: str = "instancegm"  # instancegm | dividemix (no generative part) | ce (cross-entropy only)
     p_threshold: float = 0.5  # tau: clean-probability threshold on the GMM posterior
+    selection: str = (
+        "gmm"  # gmm (p > p_threshold) | noise_rate: label the (1 - estimated noise rate) lowest-loss fraction
+    )
     T: float = 0.5  # sharpening temperature
     alpha: float = 4.0  # MixMatch Beta(alpha, alpha) parameter
     lambda_u: float = 25.0  # weight of the unlabeled (L2) loss after the ramp
@@ -154,9 +157,14 @@ class Config:
             ("y_prior", ("constant", "kl")),
             ("vae_batch", ("random", "dm")),
             ("data_pipeline", ("auto", "device", "pil")),
+            ("selection", ("gmm", "noise_rate")),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
+        if self.selection == "noise_rate" and self.method == "ce":
+            raise ConfigError(
+                "--selection noise_rate selects samples for co-training: use --method instancegm or dividemix"
+            )
         if self.vae_size not in (32, 64, 224):
             raise ConfigError(f"vae_size {self.vae_size}: the generative model exists for 32, 64 and 224 pixels")
         return self
