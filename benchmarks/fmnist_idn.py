@@ -1,12 +1,14 @@
 """Accuracy benchmark this machine can run: Fashion-MNIST with part-dependent instance noise (IDN).
 
-CE, DivideMix and InstanceGM from the same engine (``instanceGM.py``'s ``fashionmnist`` preset, changed only
-by the budget below), same seed, same budget, one run per (noise rate, method) cell. Each cell is an
-ordinary run folder (config.json, metrics.jsonl, checkpoint.pt, summary.json) in
-``<results_dir>/fmnist_idn/``; the generated noisy labels are cached in ``<results_dir>/fmnist_idn/noise``.
+CE, DivideMix and InstanceGM, and the last two with ``--selection noise_rate`` (rows ``dividemix+noise_rate``,
+``instancegm+noise_rate``), from the same engine (``instanceGM.py``'s ``fashionmnist`` preset, changed only by
+the budget below), same budget, one run per (noise rate, row, seed) cell; the table gives mean ± sd over the
+seeds. Each cell is an ordinary run folder (config.json, metrics.jsonl, checkpoint.pt, summary.json) in
+``<results_dir>/fmnist_idn/`` (``r0.4_instancegm_noise_rate_seed2``; seed 1 has no suffix); the generated noisy
+labels are cached in ``<results_dir>/fmnist_idn/noise``.
 
-    python benchmarks/fmnist_idn.py --jobs 2 --threads 1   # the 9-run table, two cells at a time (2 cores)
-    python benchmarks/fmnist_idn.py                        # the same, one cell at a time
+    python benchmarks/fmnist_idn.py --jobs 2 --threads 1   # 3 rates x 5 rows x 3 seeds, two cells at a time
+    python benchmarks/fmnist_idn.py --seeds 1 --methods ce dividemix instancegm   # the original 9-run table
     python benchmarks/fmnist_idn.py --quick                # seconds: wiring check (tests/test_benchmarks.py)
 
 Cached and resumable: a cell whose folder has ``summary.json`` is not rerun (its settings must match), and an
