@@ -1,12 +1,14 @@
 """Accuracy benchmark this machine can run: Fashion-MNIST with part-dependent instance noise (IDN).
 
-CE, DivideMix and InstanceGM from the same engine (``instanceGM.py``'s ``fashionmnist`` preset, changed only
-by the budget below), same seed, same budget, one run per (noise rate, method) cell. Each cell is an
-ordinary run folder (config.json, metrics.jsonl, checkpoint.pt, summary.json) in
-``<results_dir>/fmnist_idn/``; the generated noisy labels are cached in ``<results_dir>/fmnist_idn/noise``.
+CE, DivideMix and InstanceGM, and the last two with ``--selection noise_rate`` (rows ``dividemix+noise_rate``,
+``instancegm+noise_rate``), from the same engine (``instanceGM.py``'s ``fashionmnist`` preset, changed only by
+the budget below), same budget, one run per (noise rate, row, seed) cell; the table gives mean ± sd over the
+seeds. Each cell is an ordinary run folder (config.json, metrics.jsonl, checkpoint.pt, summary.json) in
+``<results_dir>/fmnist_idn/`` (``r0.4_instancegm_noise_rate_seed2``; seed 1 has no suffix); the generated noisy
+labels are cached in ``<results_dir>/fmnist_idn/noise``.
 
-    python benchmarks/fmnist_idn.py --jobs 2 --threads 1   # the 9-run table, two cells at a time (2 cores)
-    python benchmarks/fmnist_idn.py                        # the same, one cell at a time
+    python benchmarks/fmnist_idn.py --jobs 2 --threads 1   # 3 rates x 5 rows x 3 seeds, two cells at a time
+    python benchmarks/fmnist_idn.py --seeds 1 --methods ce dividemix instancegm   # the original 9-run table
     python benchmarks/fmnist_idn.py --quick                # seconds: wiring check (tests/test_benchmarks.py)
 
 Cached and resumable: a cell whose folder has ``summary.json`` is not rerun (its settings must match), and an
@@ -48,7 +50,9 @@ from training.metrics import read_jsonl  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 
-METHODS = ("ce", "dividemix", "instancegm")
+# A row of the table: an engine method, "+noise_rate" for the noise-rate estimated selection (--selection).
+METHODS = ("ce", "dividemix", "instancegm", "dividemix+noise_rate", "instancegm+noise_rate")
+SEEDS = (1, 2, 3)
 RATES = (0.2, 0.4, 0.5)
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 # Settings that do not change what a cell computes: a cached cell is reused whatever their value.
@@ -56,6 +60,12 @@ _RUN_ONLY_KEYS = frozenset(
     {"resume", "device", "output_dir", "noise_dir", "num_workers", "log_interval", "wandb", "data_path"}
 )
 _COST = {"instancegm": 3, "dividemix": 2, "ce": 1}  # relative cost per epoch: longest cells start first
+
+
+def split_method(row: str) -> tuple[str, str]:
+    """A row name -> (engine method, selection): "instancegm+noise_rate" -> ("instancegm", "noise_rate")."""
+    method, _, selection = row.partition("+")
+    return method, selection or "gmm"
 
 
 @dataclass(frozen=True)
@@ -103,18 +113,24 @@ QUICK = Budget(
 
 
 # ================================================================ cells =======================================
-def cell_config(budget: Budget, rate: float, method: str, cells_dir: Path, args: argparse.Namespace) -> Config:
-    """One cell's run configuration: the Fashion-MNIST preset with the shared budget."""
+def cell_config(budget: Budget, rate: float, row: str, seed: int, cells_dir: Path, args: argparse.Namespace) -> Config:
+    """One cell's run configuration: the Fashion-MNIST preset with the shared budget.
+
+    Folders: ``r0.4_instancegm`` (seed 1, as before seeds were added), ``r0.4_instancegm_noise_rate_seed2``.
+    """
+    method, selection = split_method(row)
+    run_name = f"r{rate:g}_{row.replace('+', '_')}" + ("" if seed == 1 else f"_seed{seed}")
     return instanceGM.PRESETS["fashionmnist"].replace(
         **asdict(budget),
         balanced_subset=True,
         method=method,
+        selection=selection,
         r=rate,
-        seed=args.seed,
+        seed=seed,
         device=args.device,
         data_path=args.data_path,
         output_dir=str(cells_dir),
-        run_name=f"r{rate:g}_{method}",
+        run_name=run_name,
         noise_dir=str(cells_dir / "noise"),
         resume="auto",  # an interrupted cell continues from its checkpoint; a new one starts fresh
         log_interval=25,
@@ -183,8 +199,16 @@ def run_cells(configs: list[Config], jobs: int, threads: int) -> list[str]:
 
 
 # ================================================================ results =====================================
+def row_name(cfg: Config) -> str:
+    return cfg.method + ("+noise_rate" if getattr(cfg, "selection", "gmm") == "noise_rate" else "")
+
+
 def cell_result(cfg: Config) -> dict[str, Any] | None:
-    """The table row and per-epoch curves of a finished cell (None if it has not finished)."""
+    """The table row and per-epoch curves of a finished cell (None if it has not finished).
+
+    Split precision/recall are those of the labeled set net1's division handed to net2: the GMM threshold's
+    for ``gmm``, the (1 - ε̂) selection's for ``noise_rate``.
+    """
     run_dir = run_dir_of(cfg)
     if not (run_dir / "summary.json").exists():
         return None
@@ -192,30 +216,34 @@ def cell_result(cfg: Config) -> dict[str, Any] | None:
     noise = json.loads((run_dir / "config.json").read_text()).get("noise", {})
     rows = read_jsonl(run_dir / "metrics.jsonl")
     last, acc = rows[-1], summary["test/acc"]
+    selected = "selected_" if "split/net1/selected_precision" in last else ""
 
     def curve(key: str) -> list[float | None]:
         return [r.get(key) for r in rows]
 
     return {
-        "method": cfg.method,
+        "method": row_name(cfg),
         "rate": cfg.r,
+        "seed": cfg.seed,
         "run_dir": str(run_dir),
         "realised_rate": summary.get("noise/realised_rate"),  # on all 60,000 training images
         "subset_realised_rate": noise.get("subset_realised_rate"),  # on the training subset
+        "estimated_rate": last.get("noise/estimated_rate"),  # ε̂ of the last epoch (noise_rate rows)
         "test_acc_last": acc["last"],
         "test_acc_best": acc["best"],
         "best_epoch": acc["best_epoch"] + 1,
-        "precision": last.get("split/net1/precision"),
-        "recall": last.get("split/net1/recall"),
+        "precision": last.get(f"split/net1/{selected}precision"),
+        "recall": last.get(f"split/net1/{selected}recall"),
         "auc": last.get("split/net1/auc"),
         "labeled": last.get("split/net1/labeled"),
         "train_time_s": sum(r.get("time/epoch_s", 0.0) for r in rows),
         "curves": {
             "epoch": [r["epoch"] + 1 for r in rows],
             "test_acc": curve("test/acc"),
-            "precision": curve("split/net1/precision"),
-            "recall": curve("split/net1/recall"),
+            "precision": curve(f"split/net1/{selected}precision"),
+            "recall": curve(f"split/net1/{selected}recall"),
             "auc": curve("split/net1/auc"),
+            "estimated_rate": curve("noise/estimated_rate"),
         },
     }
 
@@ -224,46 +252,78 @@ def _fmt(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
     return "—" if value is None else format(value * scale, spec)
 
 
-def markdown_table(results: list[dict | None], cells: list[tuple[float, str]]) -> str:
+def _mean_sd(values: list[float | None], spec: str = ".2f") -> str:
+    """'mean ± sd' over seeds (sample sd); the value alone for one seed; '—' when there is none."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return "—"
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return format(mean, spec)
+    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{format(mean, spec)} ± {format(sd, spec)}"
+
+
+def markdown_table(results: list[dict | None], cells: list[tuple[float, str, int]]) -> str:
+    """One line per (noise rate, row), mean ± sd over its finished seeds."""
     head = (
-        "| IDN | realised (subset / all) | method | last acc % | best acc % (epoch) "
-        "| split precision | split recall | split AUC | time (min) |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| IDN | realised (subset / all) | method | seeds | last acc % | best acc % "
+        "| split precision | split recall | ε̂ (last epoch) | time (min) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
+    groups: dict[tuple[float, str], list[dict | None]] = {}
+    for (rate, row, _seed), r in zip(cells, results):
+        groups.setdefault((rate, row), []).append(r)
     lines = []
-    for (rate, method), r in zip(cells, results):
-        if r is None:
-            lines.append(f"| {rate:.0%} | — | {method} | not run | | | | | |")
+    for (rate, row), rs in groups.items():
+        done = [r for r in rs if r is not None]
+        if not done:
+            lines.append(f"| {rate:.0%} | — | {row} | 0/{len(rs)} | not run | | | | | |")
             continue
-        realised = f"{_fmt(r['subset_realised_rate'], '.1%')} / {_fmt(r['realised_rate'], '.1%')}"
+        r0 = done[0]
+        realised = f"{_fmt(r0['subset_realised_rate'], '.1%')} / {_fmt(r0['realised_rate'], '.1%')}"
         lines.append(
-            f"| {rate:.0%} | {realised} | {method} | {_fmt(r['test_acc_last'])} "
-            f"| {_fmt(r['test_acc_best'])} ({r['best_epoch']}) | {_fmt(r['precision'], '.3f')} "
-            f"| {_fmt(r['recall'], '.3f')} | {_fmt(r['auc'], '.3f')} | {r['train_time_s'] / 60:.1f} |"
+            f"| {rate:.0%} | {realised} | {row} | {len(done)}/{len(rs)} "
+            f"| {_mean_sd([r['test_acc_last'] for r in done])} | {_mean_sd([r['test_acc_best'] for r in done])} "
+            f"| {_mean_sd([r['precision'] for r in done], '.3f')} | {_mean_sd([r['recall'] for r in done], '.3f')} "
+            f"| {_mean_sd([r['estimated_rate'] for r in done], '.3f')} "
+            f"| {sum(r['train_time_s'] for r in done) / 60 / len(done):.1f} |"
         )
     return head + "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict | None], cells: list[tuple[float, str]], budget: Budget, path: Path) -> None:
-    """Test accuracy per epoch (top) and net1's clean-split precision/recall per epoch (bottom), per rate."""
+def plot(results: list[dict | None], cells: list[tuple[float, str, int]], budget: Budget, path: Path) -> None:
+    """Test accuracy per epoch (top) and net1's clean-split precision/recall per epoch (bottom), per rate.
+
+    Each seed is a line of its row's colour (the legend names a row once).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = list(dict.fromkeys(rate for rate, _ in cells))
+    rates = list(dict.fromkeys(rate for rate, _, _ in cells))
     by_cell = dict(zip(cells, results))
-    colours = {"ce": "tab:gray", "dividemix": "tab:blue", "instancegm": "tab:red"}
+    colours = {
+        "ce": "tab:gray",
+        "dividemix": "tab:blue",
+        "instancegm": "tab:red",
+        "dividemix+noise_rate": "tab:cyan",
+        "instancegm+noise_rate": "tab:orange",
+    }
     fig, axes = plt.subplots(2, len(rates), figsize=(4.6 * len(rates), 7.0), squeeze=False, sharex=True)
     for j, rate in enumerate(rates):
         top, bottom = axes[0][j], axes[1][j]
         realised = None
-        for (r, method), res in by_cell.items():
+        labelled: set[str] = set()
+        for (r, method, _seed), res in by_cell.items():
             if r != rate or res is None:
                 continue
             c = res["curves"]
             realised = res["subset_realised_rate"] or res["realised_rate"]
-            top.plot(c["epoch"], c["test_acc"], color=colours.get(method), label=method, lw=1.6, marker="o", ms=2.5)
+            label = None if method in labelled else method
+            labelled.add(method)
+            top.plot(c["epoch"], c["test_acc"], color=colours.get(method), label=label, lw=1.6, marker="o", ms=2.5)
             if method != "ce":
                 epochs = [e for e, p in zip(c["epoch"], c["precision"]) if p is not None]
                 style = dict(color=colours.get(method), lw=1.6, marker="o", ms=2.5)
@@ -279,7 +339,7 @@ def plot(results: list[dict | None], cells: list[tuple[float, str]], budget: Bud
             top.set_ylabel("test accuracy (%, ensemble)")
             bottom.set_ylabel("clean split of net1: precision (—), recall (--)")
     axes[0][0].legend(loc="lower right", fontsize=8)
-    handles = [matplotlib.lines.Line2D([], [], color=colours[m], label=m) for m in ("dividemix", "instancegm")]
+    handles = [matplotlib.lines.Line2D([], [], color=colours[m], label=m) for m in METHODS if m != "ce"]
     axes[1][0].legend(handles=handles, loc="lower right", fontsize=8)
     fig.suptitle(
         f"Fashion-MNIST IDN: {budget.train_subset} training images,\nPreAct ResNet-18 width {budget.width}, "
@@ -333,8 +393,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rates", type=float, nargs="+", default=None, help=f"noise rates (empty: {RATES}; --quick: 0.4)"
     )
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods compared")
-    parser.add_argument("--seed", type=int, default=1, help="training seed of every cell (the noise keeps seed 123)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rows compared")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help=f"training seeds per cell (empty: {SEEDS}; --quick: 1)"
+    )
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--data_path", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST root")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (processes)")
@@ -353,6 +415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rates is None:
         args.rates = [0.4] if args.quick else list(RATES)
+    if args.seeds is None:
+        args.seeds = [1] if args.quick else list(SEEDS)
     return args
 
 
@@ -371,8 +435,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = "fmnist_idn_quick" if args.quick else "fmnist_idn"
     results_dir = args.results_dir
     cells_dir = results_dir / name
-    cells = [(rate, method) for rate in args.rates for method in args.methods]
-    configs = [cell_config(budget, rate, method, cells_dir, args) for rate, method in cells]
+    cells = [(rate, method, seed) for rate in args.rates for method in args.methods for seed in args.seeds]
+    configs = [cell_config(budget, rate, method, seed, cells_dir, args) for rate, method, seed in cells]
     todo = sorted((cfg for cfg in configs if not cached(cfg)), key=lambda c: -_COST[c.method])
     log.info("%d of %d cells to run (%s)", len(todo), len(cells), ", ".join(c.run_name for c in todo) or "none")
 
@@ -402,17 +466,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     report = {
         "budget": asdict(budget),
-        "seed": args.seed,
+        "seeds": args.seeds,
         "device": args.device,
         "rates": args.rates,
         "methods": args.methods,
-        "cells": [r if r is not None else {"rate": rate, "method": m} for (rate, m), r in zip(cells, results)],
+        "cells": [
+            r if r is not None else {"rate": rate, "method": m, "seed": seed}
+            for (rate, m, seed), r in zip(cells, results)
+        ],
         "table_markdown": table,
         "invocations": previous + [invocation],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
-    (results_dir / f"{name}.md").write_text(f"Fashion-MNIST IDN, budget {asdict(budget)}, seed {args.seed}\n\n{table}")
+    (results_dir / f"{name}.md").write_text(
+        f"Fashion-MNIST IDN, budget {asdict(budget)}, seeds {args.seeds}\n\n{table}"
+    )
     if any(r is not None for r in results):
         plot(results, cells, budget, results_dir / f"{name}.png")
     print(table)

@@ -172,3 +172,30 @@ def make_tiny_module():
 def tiny_module(make_tiny_module):
     """64 random 32x32 images, 10 classes, 25% flipped labels (``module.is_clean`` is the mask), CPU."""
     return make_tiny_module()
+
+
+@pytest.fixture
+def interrupt_train_epoch(monkeypatch):
+    """``interrupt(n)``: the n-th ``CoTrainer.train_epoch`` call raises KeyboardInterrupt (a killed run);
+    ``restore()`` puts the real method back."""
+    from training.trainer import CoTrainer
+
+    original = CoTrainer.train_epoch
+    calls = {"n": 0}
+
+    class Control:
+        @staticmethod
+        def interrupt(at_call: int) -> None:
+            def crashing(self, epoch, peer, other, split):
+                calls["n"] += 1
+                if calls["n"] == at_call:
+                    raise KeyboardInterrupt
+                return original(self, epoch, peer, other, split)
+
+            monkeypatch.setattr(CoTrainer, "train_epoch", crashing)
+
+        @staticmethod
+        def restore() -> None:
+            monkeypatch.setattr(CoTrainer, "train_epoch", original)
+
+    return Control

@@ -15,6 +15,7 @@ from training import distributed as dist_lib  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.launch import build_peers, wrap_distributed  # noqa: E402
 from training.metrics import MetricSink  # noqa: E402
+from training.noise_rate import NoiseRateEstimator  # noqa: E402
 from training.runtime import autocast_factory, seed_everything  # noqa: E402
 from training.trainer import CoTrainer  # noqa: E402
 
@@ -60,6 +61,11 @@ def main(out_dir: str) -> None:
     weights = peers[0].net.state_dict()["linear.weight"].flatten()
     all_w = [torch.zeros_like(weights) for _ in range(info.world_size)]
     dist.all_gather(all_w, weights)
+    # --selection noise_rate: rows gathered from both ranks, EM on rank 0, the estimate broadcast.
+    nr_record: dict = {"epoch": 1}
+    for peer in trainer.peers:
+        peer.rate_estimator = NoiseRateEstimator(k, seed=1)
+    nr_split = trainer.divide(trainer.peers[0], nr_record)
     result = {
         "rank": info.rank,
         "probs_identical": all(torch.equal(gathered[0], g) for g in gathered),
@@ -69,6 +75,8 @@ def main(out_dir: str) -> None:
         "labeled": len(splits["net2"].labeled),
         "lx": metrics["train/net1/dm/lx"],
         "test_acc": acc["test/acc"],
+        "nr_rate": nr_record["noise/net1/estimated_rate"],
+        "nr_labeled": nr_split.labeled.tolist(),
     }
     Path(out_dir, f"rank{info.rank}.json").write_text(json.dumps(result))
     dist_lib.cleanup(info)

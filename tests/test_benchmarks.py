@@ -67,7 +67,7 @@ def test_fmnist_idn_quick_writes_table_json_figure_and_caches(tmp_path, capsys):
         assert (tmp_path / f"fmnist_idn_quick.{suffix}").stat().st_size > 0
     cells_dir = tmp_path / "fmnist_idn_quick"
     for method in fmnist_idn.METHODS:  # one ordinary run folder per cell, noisy labels cached beside them
-        assert (cells_dir / f"r0.4_{method}" / "summary.json").exists()
+        assert (cells_dir / f"r0.4_{method.replace('+', '_')}" / "summary.json").exists()
     assert list((cells_dir / "noise").glob("fashionmnist_instance_r0.4_*.npy"))
     saved = json.loads((tmp_path / "fmnist_idn_quick.json").read_text())
     assert saved["budget"] == report["budget"] and saved["budget"]["num_epochs"] == fmnist_idn.QUICK.num_epochs
@@ -78,8 +78,9 @@ def test_fmnist_idn_quick_writes_table_json_figure_and_caches(tmp_path, capsys):
         assert 0.0 <= cell["test_acc_last"] <= 100.0 and cell["best_epoch"] >= 1
         assert len(cell["curves"]["test_acc"]) == fmnist_idn.QUICK.num_epochs
         assert (cell["precision"] is None) == (method == "ce")
+        assert (cell["estimated_rate"] is None) == (not method.endswith("+noise_rate"))
     table = saved["table_markdown"]
-    assert table.count("\n") == 2 + 3 and table in capsys.readouterr().out
+    assert table.count("\n") == 2 + len(fmnist_idn.METHODS) and table in capsys.readouterr().out
     assert saved["invocations"][-1]["cells_run"]
 
     # A second invocation reuses every finished cell; other settings on the same folders are refused.
@@ -124,3 +125,22 @@ def test_gpu_check_imports_no_dashboard_library_and_refuses_cpu_without_quick(tm
 
         with pytest.raises(SystemExit, match="no CUDA GPU"):
             gpu_check.main([str(tmp_path), "--device", "cpu"])
+
+
+def test_fmnist_idn_table_is_mean_and_sd_over_seeds():
+    def cell(last, best, eps):
+        return {
+            "subset_realised_rate": 0.413, "realised_rate": 0.401, "test_acc_last": last, "test_acc_best": best,
+            "precision": 0.5, "recall": None, "estimated_rate": eps, "train_time_s": 120.0,
+        }  # fmt: skip
+
+    cells = [(0.4, "dividemix+noise_rate", 1), (0.4, "dividemix+noise_rate", 2), (0.4, "ce", 1), (0.4, "ce", 2)]
+    table = fmnist_idn.markdown_table(
+        [cell(50.0, 52.0, 0.3), cell(54.0, 56.0, 0.5), cell(60.0, 61.0, None), None], cells
+    )
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2  # one line per (rate, row)
+    assert "| 2/2 | 52.00 ± 2.83 | 54.00 ± 2.83 | 0.500 ± 0.000 | — | 0.400 ± 0.141 | 2.0 |" in rows[0]
+    assert "| ce | 1/2 | 60.00 | 61.00 |" in rows[1]
+    assert fmnist_idn.split_method("instancegm+noise_rate") == ("instancegm", "noise_rate")
+    assert fmnist_idn.split_method("ce") == ("ce", "gmm")

@@ -37,6 +37,10 @@ def test_global_divide_is_identical_on_every_rank(tmp_path):
     assert results[0]["labeled"] == results[1]["labeled"]
     assert results[0]["test_acc"] == results[1]["test_acc"]  # test counts are all-reduced
     assert results[0]["lx"] != results[1]["lx"]  # but each rank trained on its own shard
+    # --selection noise_rate: one global estimate, the same ⌊(1 - ε̂) N⌋ labeled samples on every rank
+    assert results[0]["nr_rate"] == results[1]["nr_rate"] and 0.0 < results[0]["nr_rate"] < 1.0
+    assert results[0]["nr_labeled"] == results[1]["nr_labeled"]
+    assert len(results[0]["nr_labeled"]) == int((1 - results[0]["nr_rate"]) * 203)
 
 
 FLAGS = [

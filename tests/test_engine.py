@@ -9,7 +9,6 @@ import torch
 import instanceGM
 from training import checkpoint as ckpt_lib
 from training.metrics import read_jsonl
-from training.trainer import CoTrainer
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
@@ -67,28 +66,19 @@ def test_each_method_learns_on_fashion_mnist_idn(tmp_path, method):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_kill_and_resume_gives_identical_metrics(tmp_path, monkeypatch):
+def test_kill_and_resume_gives_identical_metrics(tmp_path, interrupt_train_epoch):
     small = ("--train_subset", "400", "--num_epochs", "4")
     full = _run(tmp_path, "--run_name", "full", *small)
     expected = read_jsonl(Path(full["run_dir"]) / "metrics.jsonl")
 
     # Interrupt the second run in the middle of its last epoch (net2's co-training phase).
-    original = CoTrainer.train_epoch
-    calls = {"n": 0}
-
-    def crashing(self, epoch, peer, other, split):
-        calls["n"] += 1
-        if calls["n"] == 4:  # epochs 2 and 3 train two peers each: this is epoch 3, net2
-            raise KeyboardInterrupt
-        return original(self, epoch, peer, other, split)
-
-    monkeypatch.setattr(CoTrainer, "train_epoch", crashing)
+    interrupt_train_epoch.interrupt(4)  # epochs 2 and 3 train two peers each: this is epoch 3, net2
     with pytest.raises(SystemExit) as exit_info:
         _run(tmp_path, "--run_name", "killed", *small)
     assert exit_info.value.code == 130
     killed_dir = tmp_path / "runs" / "killed"
     assert torch.load(killed_dir / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(CoTrainer, "train_epoch", original)
+    interrupt_train_epoch.restore()
 
     # Restarting without --resume is refused (nothing already written is lost) ...
     with pytest.raises(SystemExit) as refused:

@@ -115,6 +115,12 @@ class Config:
         METHODS,
     )
     p_threshold: float = opt(0.5, "tau: a sample is 'clean' (labeled set) when its GMM clean probability exceeds it")
+    selection: str = opt(
+        "gmm",
+        "gmm: labeled = GMM clean probability > p_threshold (the original); noise_rate: the (1 - estimated noise "
+        "rate) lowest-loss fraction (Garg et al., ECCV 2024; see the README)",
+        ("gmm", "noise_rate"),
+    )
     T: float = opt(0.5, "sharpening temperature of the co-guessed / refined labels")
     alpha: float = opt(4.0, "MixMatch Beta(alpha, alpha) mixing parameter")
     lambda_u: float = opt(25.0, "weight of the unlabeled (L2) loss after the ramp")
@@ -228,6 +234,10 @@ class Config:
             raise ConfigError(f"--p_threshold {self.p_threshold}: must be a probability in [0, 1]")
         if self.T <= 0 or self.alpha <= 0:
             raise ConfigError("--T and --alpha must be > 0")
+        if self.selection == "noise_rate" and self.method == "ce":
+            raise ConfigError(
+                "--selection noise_rate selects samples for co-training: use --method instancegm or dividemix"
+            )
         return self
 
     def default_run_name(self) -> str:

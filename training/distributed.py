@@ -73,7 +73,7 @@ def gather_by_index(info: DistInfo, values: Tensor, indices: Tensor) -> tuple[Te
     """Concatenate every rank's (values, indices) and sort by index: the whole evaluated set, in index order.
 
     Shards may differ in length (evaluation shards are not padded), so each is padded to the longest
-    before ``all_gather`` and trimmed after.
+    before ``all_gather`` and trimmed after. ``values`` may have trailing dimensions (one row per index).
     """
     if not info.enabled:
         return values, indices
@@ -82,7 +82,7 @@ def gather_by_index(info: DistInfo, values: Tensor, indices: Tensor) -> tuple[Te
     sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
     dist.all_gather(sizes, n)
     longest = int(max(s.item() for s in sizes))
-    padded_v = torch.zeros(longest, dtype=torch.float32, device=dev)
+    padded_v = torch.zeros((longest, *values.shape[1:]), dtype=torch.float32, device=dev)
     padded_i = torch.full((longest,), -1, dtype=torch.long, device=dev)
     padded_v[: len(values)] = values.to(dev, torch.float32)
     padded_i[: len(indices)] = indices.to(dev, torch.long)

@@ -16,6 +16,7 @@ from training import dashboards, faults, rundir
 from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
 from training.metrics import MetricSink
+from training.noise_rate import NoiseRateEstimator
 from training.runtime import (
     atomic_write_text,
     autocast_factory,
@@ -118,7 +119,10 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
                 gumbel_tau=cfg.gumbel_tau,
             ).to(device)
             opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr, betas=(cfg.vae_beta1, cfg.vae_beta2))
-        peers.append(Peer(name, net, opt, vae, opt_vae))
+        estimator = None
+        if cfg.selection == "noise_rate":  # one noise-rate estimator per classifier, like its GMM
+            estimator = NoiseRateEstimator(cfg.num_classes, seed=cfg.seed + len(peers), device=device)
+        peers.append(Peer(name, net, opt, vae, opt_vae, rate_estimator=estimator))
     return peers
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint as ckpt_lib
-from training import dashboards, dividemix, faults, generative
+from training import dashboards, dividemix, faults, generative, noise_rate
 from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
@@ -56,6 +56,7 @@ class Peer:
     loss_history: list[Tensor] = field(default_factory=list)  # recent normalised per-sample losses
     ddp_net: nn.Module | None = None  # DistributedDataParallel wrappers in multi-process runs
     ddp_vae: nn.Module | None = None
+    rate_estimator: noise_rate.NoiseRateEstimator | None = None  # --selection noise_rate only
 
     @property
     def train_net(self) -> nn.Module:
@@ -73,7 +74,7 @@ class Peer:
             "vae": None if self.vae is None else self.vae.state_dict(),
             "opt_vae": None if self.opt_vae is None else self.opt_vae.state_dict(),
             "loss_history": [h.clone() for h in self.loss_history],
-        }
+        } | ({} if self.rate_estimator is None else {"noise_rate": self.rate_estimator.state_dict()})
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
@@ -82,6 +83,8 @@ class Peer:
             self.vae.load_state_dict(state["vae"])
             self.opt_vae.load_state_dict(state["opt_vae"])
         self.loss_history = list(state.get("loss_history", []))
+        if self.rate_estimator is not None and state.get("noise_rate") is not None:
+            self.rate_estimator.load_state_dict(state["noise_rate"])
 
 
 @dataclass
@@ -212,14 +215,19 @@ class CoTrainer:
     def divide(self, peer: Peer, record: dict) -> Split:
         """Per-sample losses of ``peer.net`` -> min-max normalise -> GMM -> clean probability (SPEC §3.3)."""
         cfg = self.cfg
-        losses, indices = dividemix.per_sample_losses(
-            peer.net,
-            self._bar(self.data.eval_train_loader(self.eval_batch), f"epoch {record['epoch'] + 1} divide {peer.name}"),
-            self.data.num_train,
-            self.device,
-            self.autocast,
-            prep=self._prep,
-        )
+        # --selection noise_rate: the same pass also records the features the noise-rate estimator needs.
+        with noise_rate.HeadCapture(peer.net, enabled=peer.rate_estimator is not None) as head:
+            losses, indices = dividemix.per_sample_losses(
+                peer.net,
+                self._bar(
+                    self.data.eval_train_loader(self.eval_batch), f"epoch {record['epoch'] + 1} divide {peer.name}"
+                ),
+                self.data.num_train,
+                self.device,
+                self.autocast,
+                prep=self._prep,
+            )
+        head.indices = indices  # this rank's samples, in the order the head's rows were captured
         # Multi-process: every rank evaluated its shard; the divide is global, in dataset-index order.
         losses, indices = dist_lib.gather_by_index(self.dist, losses, indices)
         norm = dividemix.normalise_losses(losses)
@@ -236,6 +244,11 @@ class CoTrainer:
             )
         gmm = gmm._replace(prob=dist_lib.broadcast(self.dist, gmm.prob))
         labeled, labeled_prob, unlabeled = dividemix.co_divide(gmm.prob, indices, cfg.p_threshold)
+        if peer.rate_estimator is not None:
+            # ============ noise-rate curriculum (ECCV 2024): the (1 - ε̂) lowest-loss fraction is labeled ============
+            labeled, labeled_prob, unlabeled = self._select_by_noise_rate(
+                peer, head, gmm_input, gmm.prob, indices, record
+            )
         if len(labeled) == 0:
             # Documented recovery: an empty labeled set cannot drive an epoch; keep the B most likely clean.
             k = min(cfg.batch_size, len(indices))
@@ -410,6 +423,33 @@ class CoTrainer:
         return self._accuracy(self.data.test_loader(self.eval_batch), "test")
 
     # ================================================================ helpers =================================
+    def _select_by_noise_rate(
+        self, peer: Peer, head: noise_rate.HeadCapture, scores: Tensor, prob: Tensor, indices: Tensor, record: dict
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Fit ``peer``'s noise-rate estimator on the divide's pass, then label the best (1 - ε̂) fraction.
+
+        Global like the divide: every rank's captured rows are gathered, rank 0 fits, ε̂ is broadcast.
+        """
+        rows, _ = dist_lib.gather_by_index(self.dist, head.rows(), head.indices)  # row i: sample indices[i]
+        rate = torch.zeros(1, dtype=torch.float64)
+        if self.dist.is_main:
+            k = self.cfg.num_classes
+            noisy = self.data.noisy_labels[indices]
+            rate[0] = peer.rate_estimator.fit(rows[:, :-k], rows[:, -k:], noisy)
+        rate = float(dist_lib.broadcast(self.dist, rate)[0])
+        peer.rate_estimator.rate = rate
+        selected = noise_rate.select_by_rate(scores, rate)
+        record[f"noise/{peer.name}/estimated_rate"] = rate
+        rates = [record[key] for p in self.peers if (key := f"noise/{p.name}/estimated_rate") in record]
+        record["noise/estimated_rate"] = sum(rates) / len(rates)  # the mean over the classifiers divided so far
+        is_clean = self.data.is_clean
+        if is_clean is not None:
+            record["noise/realised_rate"] = 1.0 - float(is_clean[indices].float().mean())
+            record.update(
+                self._prefixed(f"split/{peer.name}", noise_rate.selection_quality(selected, is_clean[indices]))
+            )
+        return indices[selected], prob[selected], indices[~selected]
+
     def _vae_batch(self, x1: Tensor, y: Tensor, u1: Tensor | None, uy: Tensor | None) -> tuple[Tensor, Tensor]:
         """The generative step's batch: fresh 2B random training samples (original) or the DivideMix batch."""
         if self.cfg.vae_batch == "dm":
