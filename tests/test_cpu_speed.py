@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_eval_batch_is_b_on_the_cpu_large_on_a_gpu_and_overridable():
     cfg = Config(batch_size=64)
     assert eval_batch_size(cfg, torch.device("cpu")) == 64
+    assert eval_batch_size(cfg.replace(width=16), torch.device("cpu")) == 256  # 4 KiB x 16 x 256 = 16 MiB
+    assert eval_batch_size(cfg.replace(width=32, batch_size=16), torch.device("cpu")) == 128
+    assert eval_batch_size(cfg.replace(backbone="resnet50", batch_size=32), torch.device("cpu")) == 32
     assert eval_batch_size(cfg, torch.device("cuda")) == 256
     assert eval_batch_size(cfg.replace(batch_size=200), torch.device("cuda")) == 400
     assert eval_batch_size(cfg.replace(eval_batch_size=32), torch.device("cuda")) == 32

@@ -99,14 +99,21 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
 def eval_batch_size(cfg, device: torch.device) -> int:
     """Batch of the no-grad evaluation passes (divide, test, validation); the result does not depend on it.
 
-    GPU: large batches (max(256, 2B)) fill the device. CPU: B, the original's evaluation batch. Above glibc's
+    GPU: large batches (max(256, 2B)) fill the device. CPU: B, the original's evaluation batch, at the paper's
+    width; PreAct ResNets narrower than 64 take batches up to 256 under the same memory bound. Above glibc's
     32 MiB mmap threshold every activation buffer is a fresh mmap that the kernel zero-fills page by page on each
     forward: at width 64 a batch of 256 spends a third of its CPU time in those page faults and costs 1.26x the
     CPU time per image of batches of 64 (benchmarks/results/cpu_options_w64.md).
     """
     if cfg.eval_batch_size > 0:
         return cfg.eval_batch_size
-    return max(256, 2 * cfg.batch_size) if device.type == "cuda" else cfg.batch_size
+    if device.type == "cuda":
+        return max(256, 2 * cfg.batch_size)
+    if cfg.backbone.startswith("preact"):
+        # The largest activation is width x 32 x 32 fp32 = 4 KiB x width per image: stay at half the threshold,
+        # so narrow CPU nets (width 8-16) still evaluate in batches of 256 instead of paying per-call overhead.
+        return max(cfg.batch_size, min(256, 4096 // max(cfg.width, 1)))
+    return cfg.batch_size
 
 
 # ---------------------------------------------------------------- RNG state --------------------------------
