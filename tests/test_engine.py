@@ -90,7 +90,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path, interrupt_train_epoch
     assert _comparable(got) == _comparable(expected)
     assert resumed["test/acc"] == full["test/acc"]
     log_txt = (killed_dir / "log.txt").read_text()  # one numbering: epochs 1-3 done, epoch 4 was cut short
-    assert "interrupted: the last completed epoch is in checkpoint.pt" in log_txt
+    assert f"interrupted: the last completed epoch is in {killed_dir / 'checkpoint.pt'}; continue with" in log_txt
     assert "after epoch 3 of 4; next: epoch 4" in log_txt
 
 
