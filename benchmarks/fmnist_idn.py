@@ -47,6 +47,7 @@ import instanceGM  # noqa: E402
 from training import Config, main_run  # noqa: E402
 from training.config import HelpFormatter  # noqa: E402
 from training.metrics import read_jsonl  # noqa: E402
+from training.report import mean_sd  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 
@@ -254,14 +255,10 @@ def _fmt(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
 
 def _mean_sd(values: list[float | None], spec: str = ".2f") -> str:
     """'mean ± sd' over seeds (sample sd); the value alone for one seed; '—' when there is none."""
-    xs = [v for v in values if v is not None]
-    if not xs:
+    mean, sd = mean_sd([v for v in values if v is not None])
+    if mean is None:
         return "—"
-    mean = sum(xs) / len(xs)
-    if len(xs) == 1:
-        return format(mean, spec)
-    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-    return f"{format(mean, spec)} ± {format(sd, spec)}"
+    return format(mean, spec) if sd is None else f"{format(mean, spec)} ± {format(sd, spec)}"
 
 
 def markdown_table(results: list[dict | None], cells: list[tuple[float, str, int]]) -> str:
