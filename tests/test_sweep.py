@@ -80,6 +80,36 @@ def test_overrides_and_cell_commands(tmp_path):
     assert err.value.code == 2
 
 
+def test_noise_rate_rows_run_with_the_selection_flag_and_carry_the_eccv_numbers(tmp_path):
+    grid = load_grid("cifar100_idn").with_overrides(
+        ["r=0.4,0.5"], seeds=[1], methods=["instancegm", "instancegm+noise_rate", "dividemix+noise_rate"]
+    )
+    cells = {(c.setting, c.method): c for c in grid.cells()}
+    assert len(cells) == 6
+    assert [cells[("r=0.4", m)].paper for m in ("instancegm", "instancegm+noise_rate", "dividemix+noise_rate")] == [
+        78.47, 79.52, 72.41,
+    ]  # fmt: skip
+    nr = cells[("r=0.5", "dividemix+noise_rate")]
+    assert (nr.name, nr.paper) == ("r0.5_dividemix_noise_rate_seed1", 64.02)
+    cmd = sweep_lib.cell_command(nr, tmp_path)
+    assert cmd[cmd.index("--selection") + 1] == "noise_rate" and cmd[cmd.index("--method") + 1] == "dividemix"
+    assert "--selection" not in sweep_lib.cell_command(cells[("r=0.4", "instancegm")], tmp_path)
+    red = [c.paper for c in load_grid("red_mini").with_overrides(methods=["instancegm+noise_rate"]).cells()]
+    assert red[::3] == [None, 56.61, 51.40, 43.83]  # the ECCV paper has no 20% row
+    with pytest.raises(GridError, match="instancegm\\+noise_rate"):
+        load_grid("cifar10_idn").with_overrides(methods=["ce+noise_rate"])
+    # A run started by hand with --selection noise_rate is its own row of the report.
+    run = tmp_path / "runs" / "mine"
+    _fake_run(run, epochs=4, done=4, last=79.0, best=80.0, mean10=78.0)
+    info = json.loads((run / "config.json").read_text())
+    info["config"].update(dataset="cifar100", noise_mode="instance", r=0.4, method="instancegm", seed=1)
+    info["config"]["selection"] = "noise_rate"
+    (run / "config.json").write_text(json.dumps(info))
+    (rep,) = report_lib.collect([tmp_path / "runs"])
+    (row,) = rep.rows
+    assert (row.method, row.paper) == ("instancegm+noise_rate", 79.52)
+
+
 # ================================================================ local executor ==============================
 def test_interrupt_forwards_ctrl_c_to_a_run_that_did_not_get_it():
     child = "import signal, sys, time; signal.signal(signal.SIGINT, lambda *_: sys.exit(130)); print(1, flush=True); "

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 METHODS = ("instancegm", "dividemix", "ce")
 NOISE_MODES = ("instance", "sym", "asym", "human", "real")
+SELECTIONS = ("gmm", "noise_rate")
 
 
 class ConfigError(ValueError):
@@ -119,7 +120,7 @@ class Config:
         "gmm",
         "gmm: labeled = GMM clean probability > p_threshold (the original); noise_rate: the (1 - estimated noise "
         "rate) lowest-loss fraction (Garg et al., ECCV 2024; see the README)",
-        ("gmm", "noise_rate"),
+        SELECTIONS,
     )
     T: float = opt(0.5, "sharpening temperature of the co-guessed / refined labels")
     alpha: float = opt(4.0, "MixMatch Beta(alpha, alpha) mixing parameter")

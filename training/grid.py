@@ -7,7 +7,7 @@ run started by hand.
 
     title = "CIFAR-10, instance-dependent noise"
     script = "instanceGM.py"            # entry script, relative to the repository root
-    methods = ["instancegm", "dividemix"]
+    methods = ["instancegm", "dividemix"]  # also "instancegm+noise_rate": --method instancegm --selection noise_rate
     seeds = [1, 2, 3]
     compare = "best"                    # which accuracy the paper's number is compared with
     [flags]                             # fixed flags: --dataset cifar10
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
-from training.config import METHODS
+from training.config import METHODS, SELECTIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +41,14 @@ GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 ACCURACIES = ("last", "best", "mean_last10", "at_best_val")
 
 Value = Union[str, int, float, bool]
+# A row of a grid is an engine method, optionally with a non-default sample selection after a "+".
+ROWS = METHODS + tuple(f"{m}+{s}" for m in METHODS if m != "ce" for s in SELECTIONS if s != "gmm")
+
+
+def split_row(row: str) -> tuple[str, str | None]:
+    """``"instancegm+noise_rate"`` -> ``("instancegm", "noise_rate")``; a plain method has no selection (None)."""
+    method, _, selection = row.partition("+")
+    return method, selection or None
 
 
 class GridError(ValueError):
@@ -96,7 +104,7 @@ class Cell:
     def name(self) -> str:
         """Run folder name: ``r0.2_instancegm_seed1`` (``instancegm_seed1`` without axes)."""
         parts = [s.replace("=", "") for s in self.setting.split(",") if s]
-        return "_".join([*parts, self.method, f"seed{self.seed}"]).replace("/", "-")
+        return "_".join([*parts, self.method.replace("+", "_"), f"seed{self.seed}"]).replace("/", "-")
 
     def argv(self, sweep_dir: Path, torchrun: bool = False) -> list[str]:
         """The entry script's flags; every cell resumes its own folder if it holds a checkpoint."""
@@ -105,8 +113,11 @@ class Cell:
             # torchrun's own parser takes --r for one of its --rdzv* options: use the alias there.
             flag = "noise_rate" if torchrun and key == "r" else key
             out += [f"--{flag}", format_value(value)]
+        method, selection = split_row(self.method)
+        if selection is not None:  # after the grid's flags: the row's selection is the one that counts
+            out += ["--selection", selection]
         return out + [
-            "--method", self.method, "--seed", str(self.seed),
+            "--method", method, "--seed", str(self.seed),
             "--output_dir", str(sweep_dir), "--run_name", self.name, "--resume", "auto",
         ]  # fmt: skip
 
@@ -196,9 +207,9 @@ class Grid:
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ROWS]
     if unknown or not methods:
-        raise GridError(f"methods {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}")
+        raise GridError(f"methods {', '.join(unknown) or '(none)'}: choose from {', '.join(ROWS)}")
     return tuple(methods)
 
 

@@ -167,6 +167,8 @@ def cell_from_run(run_dir: Path) -> tuple[Grid, Cell]:
     """A run folder made by hand as a cell: grouped by dataset, noise setting and method."""
     cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
     dataset, method, seed = cfg.get("dataset", "?"), cfg.get("method", "?"), int(cfg.get("seed", 0))
+    if cfg.get("selection", "gmm") != "gmm":  # a row of its own, as in a grid: "instancegm+noise_rate"
+        method = f"{method}+{cfg['selection']}"
     setting = f"r={float(cfg['r']):g}" if cfg.get("noise_mode") != "real" or dataset.startswith("red") else ""
     if cfg.get("noise_mode") not in (None, "instance", "real"):
         setting = f"{cfg['noise_mode']},{setting}" if setting else cfg["noise_mode"]
