@@ -46,6 +46,7 @@ import torch  # noqa: E402
 import instanceGM  # noqa: E402
 from training import Config, main_run  # noqa: E402
 from training.config import HelpFormatter  # noqa: E402
+from training.grid import split_row as split_method  # noqa: E402  (a row name -> (engine method, selection))
 from training.metrics import read_jsonl  # noqa: E402
 from training.report import mean_sd  # noqa: E402
 
@@ -61,12 +62,6 @@ _RUN_ONLY_KEYS = frozenset(
     {"resume", "device", "output_dir", "noise_dir", "num_workers", "log_interval", "wandb", "data_path"}
 )
 _COST = {"instancegm": 3, "dividemix": 2, "ce": 1}  # relative cost per epoch: longest cells start first
-
-
-def split_method(row: str) -> tuple[str, str]:
-    """A row name -> (engine method, selection): "instancegm+noise_rate" -> ("instancegm", "noise_rate")."""
-    method, _, selection = row.partition("+")
-    return method, selection or "gmm"
 
 
 @dataclass(frozen=True)

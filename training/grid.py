@@ -45,10 +45,10 @@ Value = Union[str, int, float, bool]
 ROWS = METHODS + tuple(f"{m}+{s}" for m in METHODS if m != "ce" for s in SELECTIONS if s != "gmm")
 
 
-def split_row(row: str) -> tuple[str, str | None]:
-    """``"instancegm+noise_rate"`` -> ``("instancegm", "noise_rate")``; a plain method has no selection (None)."""
+def split_row(row: str) -> tuple[str, str]:
+    """``"instancegm+noise_rate"`` -> ``("instancegm", "noise_rate")``; a plain method -> ``(method, "gmm")``."""
     method, _, selection = row.partition("+")
-    return method, selection or None
+    return method, selection or "gmm"
 
 
 class GridError(ValueError):
@@ -114,7 +114,7 @@ class Cell:
             flag = "noise_rate" if torchrun and key == "r" else key
             out += [f"--{flag}", format_value(value)]
         method, selection = split_row(self.method)
-        if selection is not None:  # after the grid's flags: the row's selection is the one that counts
+        if selection != "gmm":  # after the grid's flags: the row's selection is the one that counts
             out += ["--selection", selection]
         return out + [
             "--method", method, "--seed", str(self.seed),
