@@ -144,3 +144,24 @@ def test_fmnist_idn_table_is_mean_and_sd_over_seeds():
     assert "| ce | 1/2 | 60.00 | 61.00 |" in rows[1]
     assert fmnist_idn.split_method("instancegm+noise_rate") == ("instancegm", "noise_rate")
     assert fmnist_idn.split_method("ce") == ("ce", "gmm")
+
+
+def test_fmnist_idn_estimate_table_compares_the_estimate_and_the_two_splits():
+    def cell(first, last, err, labeled, precision, gmm_precision):
+        return {
+            "subset_realised_rate": 0.413, "estimated_rate_first": first, "estimated_rate": last,
+            "estimate_abs_error": err, "labeled": labeled, "precision": precision, "recall": 0.9,
+            "gmm_precision": gmm_precision, "gmm_recall": 0.8,
+        }  # fmt: skip
+
+    cells = [(0.4, "instancegm+noise_rate", 1), (0.4, "instancegm+noise_rate", 2), (0.4, "instancegm", 1)]
+    gmm_only = {"estimate_abs_error": None}  # a gmm row has no estimate and gets no line
+    table = fmnist_idn.estimate_table(
+        [cell(0.1, 0.4, 0.2, 500, 0.7, 0.8), cell(0.3, 0.5, 0.1, 400, 0.6, 0.8), gmm_only], cells
+    )
+    rows = table.splitlines()[2:]
+    assert rows == [
+        "| 40% | 0.413 | instancegm+noise_rate | 2 | 0.200 ± 0.141 | 0.450 ± 0.071 | 0.150 ± 0.071 | 450 ± 71 "
+        "| 0.650 ± 0.071 / 0.800 ± 0.000 | 0.900 ± 0.000 / 0.800 ± 0.000 |"
+    ]
+    assert fmnist_idn.estimate_table([gmm_only], cells[2:]) == ""
