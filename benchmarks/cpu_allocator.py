@@ -1,5 +1,5 @@
 """The CPU allocator's share of a PreAct ResNet-18 step: glibc's default malloc against transparent huge pages
-(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, what the entry scripts restart with) and against a never-returning
+(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, an opt-in for the entry scripts) and against a never-returning
 heap (``mallopt``: no mmap, no trim). Each setting runs in its own process, alternated A/B/A/B.
 
     python benchmarks/cpu_allocator.py --width 64 --rounds 2     # ~2 min on 2 idle cores

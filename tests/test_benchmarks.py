@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import fmnist_idn, throughput
+from benchmarks import fmnist_idn, fp32_accuracy, throughput
 from training import Config
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -165,3 +165,13 @@ def test_fmnist_idn_estimate_table_compares_the_estimate_and_the_two_splits():
         "| 0.650 ± 0.071 / 0.800 ± 0.000 | 0.900 ± 0.000 / 0.800 ± 0.000 |"
     ]
     assert fmnist_idn.estimate_table([gmm_only], cells[2:]) == ""
+
+
+def test_fp32_accuracy_measures_each_format_against_float64(tmp_path, capsys):
+    out = tmp_path / "acc.json"
+    rows = fp32_accuracy.main(["--width", "4", "--batch", "8", "--seeds", "0", "--threads", "1", "--out", str(out)])
+    assert [r["option"] for r in rows] == ["contiguous", "channels_last"]
+    for r in rows:  # fp32 is not float64, but one step of a tiny net stays close to it
+        assert 0.0 < r["grad_rel_l2_err"] < 1e-3 and r["loss_abs_err"] < 1e-5
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "| channels_last | 0 |" in capsys.readouterr().out

@@ -1,17 +1,10 @@
-"""CPU speed defaults: the evaluation batch, the divide's memory format and the huge-page malloc restart."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""CPU speed defaults: the evaluation batch and the divide's memory format."""
 
 import torch
 
 from models.preact_resnet import preact_resnet18
 from training import Config, dividemix
-from training.runtime import HUGEPAGE_TUNABLE, eval_batch_size, hugepage_malloc_argv
-
-ROOT = Path(__file__).resolve().parents[1]
+from training.runtime import eval_batch_size
 
 
 def test_eval_batch_is_b_on_the_cpu_large_on_a_gpu_and_overridable():
@@ -47,33 +40,3 @@ def test_divide_losses_equal_across_batch_sizes_and_memory_formats():
     torch.testing.assert_close(small, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
     assert seen == [False, False, False]  # prep saw every (contiguous) batch of the loader
-
-
-def test_hugepage_restart_applies_once_and_respects_a_user_setting(monkeypatch):
-    monkeypatch.setenv("GLIBC_TUNABLES", "")
-    assert hugepage_malloc_argv() is None  # the user's setting (even empty) wins
-    monkeypatch.delenv("GLIBC_TUNABLES")
-    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "pass"])
-    assert hugepage_malloc_argv() is None
-    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-u", "instanceGM.py", "--r", "0.4"])
-    argv = hugepage_malloc_argv()
-    if argv is not None:  # Linux, glibc >= 2.35, THP not disabled
-        assert argv == [sys.executable, "-u", "instanceGM.py", "--r", "0.4"]
-
-
-def test_entry_point_restarts_itself_with_the_tunable(tmp_path):
-    script = tmp_path / "entry.py"
-    script.write_text(
-        f"import os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-        "from training.runtime import restart_with_hugepage_malloc\n"
-        "restart_with_hugepage_malloc()\nprint(os.environ.get('GLIBC_TUNABLES'))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.orig_argv = ['p', 'x.py']; "
-         "from training.runtime import hugepage_malloc_argv; print(hugepage_malloc_argv() is not None)"],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    expected = HUGEPAGE_TUNABLE if probe.stdout.strip() == "True" else "None"
-    assert out.stdout.strip() == expected

@@ -40,8 +40,10 @@ def test_each_method_learns_on_fashion_mnist_idn(tmp_path, method):
     run_dir = Path(summary["run_dir"])
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # exactly --num_epochs epochs
-    # 10 classes: chance is 10%; 1000 images with 40% instance-dependent noise, 4 short epochs (~46% here)
-    assert summary["test/acc"]["last"] > 35.0, summary
+    # 10 classes: chance is 10%. 1000 images with 40% instance-dependent noise and 4 short epochs are far from
+    # converged: over seeds 1-5 and two CPUs (AVX2, AVX-512) the last epoch ranged 29.7-52.6% and the best epoch
+    # 31.3-52.6%, so the bounds are 2x and 2.5x chance; a method that does not learn stays near 10%.
+    assert summary["test/acc"]["last"] > 20.0 and summary["test/acc"]["best"] > 25.0, summary
     assert set(summary) >= {"test/acc", "test/net1/acc", "test/net2/acc", "noise/realised_rate"}
     assert 0.3 < summary["noise/realised_rate"] < 0.5
     last = rows[-1]

@@ -22,7 +22,6 @@ from training.runtime import (
     autocast_factory,
     environment_info,
     resolve_device,
-    restart_with_hugepage_malloc,
     restore_rng_state,
     seed_everything,
 )
@@ -329,8 +328,6 @@ def run(
     presets: Mapping[str, Config], default: str, argv: Sequence[str] | None = None, description: str = ""
 ) -> dict | None:
     """Entry-script main: parse the CLI over the presets and train; user errors exit with one line."""
-    if argv is None:  # a real command line (not a call from Python): CPU allocator setting, see runtime.py
-        restart_with_hugepage_malloc()
     setup_logging()
     try:
         cfg = parse_cli(presets, default, argv, description)

@@ -43,49 +43,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def _glibc_at_least(major: int, minor: int) -> bool:
-    lib, version = platform.libc_ver()
-    try:
-        return lib == "glibc" and tuple(int(v) for v in version.split(".")[:2]) >= (major, minor)
-    except ValueError:
-        return False
-
-
-def hugepage_malloc_argv() -> list[str] | None:
-    """The command line to restart this process with, so that glibc's malloc backs its memory with transparent
-    huge pages; None when that does not apply (already set, not Linux/glibc >= 2.35, THP off, ``python -c``).
-
-    Why: a CPU forward/backward at width 64 allocates activation buffers above glibc's 32 MiB mmap threshold,
-    and the kernel zero-fills each such fresh mapping page by page on every step (a quarter of a training step's
-    CPU time went to those page faults). On huge pages the same work is ~500x fewer faults; results are bitwise
-    the same and the peak RSS lower (benchmarks/results/cpu_options_w64.md). ``GLIBC_TUNABLES`` set by the user
-    (to anything, even empty) is left alone.
-    """
-    if "GLIBC_TUNABLES" in os.environ or sys.platform != "linux" or not _glibc_at_least(2, 35):
-        return None
-    try:
-        if "[never]" in _THP_SETTING.read_text():
-            return None
-    except OSError:
-        return None
-    argv = list(getattr(sys, "orig_argv", []))
-    if len(argv) < 2 or "-c" in argv[1:] or not Path(sys.executable).exists():
-        return None
-    return [sys.executable, *argv[1:]]
-
-
-def restart_with_hugepage_malloc() -> None:
-    """Re-execute the entry script once with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (see above); no-op when
-    it does not apply. Call before any work: the process image is replaced."""
-    argv = hugepage_malloc_argv()
-    if argv is not None:
-        os.execve(argv[0], argv, {**os.environ, "GLIBC_TUNABLES": HUGEPAGE_TUNABLE})
-
-
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument factory of the autocast context for the network forwards (``off``: a no-op)."""
     if amp == "off":
