@@ -72,7 +72,9 @@ def test_torchrun_instancegm_rank0_writes_and_resumes_single_process(tmp_path):
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
     assert resumed["test/acc"]["epochs"] == 4
 
-    # Same budget in one process: the accuracy is in the same range.
+    # Same budget in one process: the accuracy is in the same range. 3 epochs on 600 images are far from converged
+    # (one process, seeds 1-6: 27.7-36.8% at the last epoch, and the numbers move between CPUs), so the bound is
+    # 2x chance; a run that does not learn stays near 10%.
     single = instanceGM.main([*common, *SINGLE_BATCH, "--run_name", "single"])
-    assert ddp_acc > 25.0 and single["test/acc"]["last"] > 25.0
+    assert ddp_acc > 20.0 and single["test/acc"]["last"] > 20.0
     assert abs(ddp_acc - single["test/acc"]["last"]) < 20.0
