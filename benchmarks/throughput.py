@@ -66,6 +66,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from dataloaders.base import InMemoryDataModule  # noqa: E402
 from dataloaders.transforms import AugSpec, pil_test_transform, pil_train_transform  # noqa: E402
+from models import memory_format  # noqa: E402
+from models.preact_resnet import preact_resnet18  # noqa: E402
 from training import Config, dividemix, generative  # noqa: E402
 from training.config import HelpFormatter  # noqa: E402
 from training.launch import build_peers  # noqa: E402
@@ -767,14 +769,10 @@ def measure_profile(bench: Bench) -> dict[str, Any]:
 
 # ================================================================ speed options ================================
 def channels_last_problem(cfg: Config, device: torch.device) -> str:
-    """Why channels_last cannot run here ('' if it can).
-
-    On the CPU (torch 2.14, AVX2), the weight gradient of a channels_last ``Conv2d(4, 8, 1, stride=2)`` (a
-    PreAct shortcut at width 4) corrupts the heap and kills the process; widths that are multiples of 8 work.
-    """
-    if cfg.channels_last and device.type == "cpu" and cfg.width % 8:
-        return f"channels_last crashes on the CPU at width {cfg.width} (not a multiple of 8; PyTorch bug)"
-    return ""
+    """Why channels_last cannot run here ('' if it can): the engine's own refusal (models/memory_format.py)."""
+    if not cfg.channels_last:
+        return ""
+    return memory_format.channels_last_problem(preact_resnet18(cfg.num_classes, cfg.width), device)
 
 
 def option_config(base: Config, option: str) -> tuple[Config, bool]:

@@ -15,6 +15,7 @@ needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install d
 
 
 @pytest.mark.slow
+@pytest.mark.isolated  # channels_last and bf16 kernels depend on the CPU
 def test_throughput_quick_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     report = throughput.main(
@@ -93,6 +94,7 @@ def test_fmnist_idn_quick_writes_table_json_figure_and_caches(tmp_path, capsys):
 
 @needs_fmnist
 @pytest.mark.slow
+@pytest.mark.isolated  # channels_last and bf16 kernels depend on the CPU
 def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
     from benchmarks import gpu_check
 
@@ -167,11 +169,20 @@ def test_fmnist_idn_estimate_table_compares_the_estimate_and_the_two_splits():
     assert fmnist_idn.estimate_table([gmm_only], cells[2:]) == ""
 
 
+@pytest.mark.isolated  # channels_last kernels depend on the CPU
 def test_fp32_accuracy_measures_each_format_against_float64(tmp_path, capsys):
     out = tmp_path / "acc.json"
-    rows = fp32_accuracy.main(["--width", "4", "--batch", "8", "--seeds", "0", "--threads", "1", "--out", str(out)])
+    # width 8: the narrowest that channels-last trains correctly everywhere (models/memory_format.py)
+    rows = fp32_accuracy.main(["--width", "8", "--batch", "8", "--seeds", "0", "--threads", "1", "--out", str(out)])
     assert [r["option"] for r in rows] == ["contiguous", "channels_last"]
     for r in rows:  # fp32 is not float64, but one step of a tiny net stays close to it
         assert 0.0 < r["grad_rel_l2_err"] < 1e-3 and r["loss_abs_err"] < 1e-5
     assert json.loads(out.read_text())["rows"] == rows
     assert "| channels_last | 0 |" in capsys.readouterr().out
+
+
+def test_fp32_accuracy_skips_channels_last_where_onednn_breaks_it(capsys):
+    rows = fp32_accuracy.main(["--width", "4", "--batch", "2", "--seeds", "0", "--threads", "1"])
+    assert rows[0]["option"] == "contiguous" and "grad_rel_l2_err" in rows[0]
+    assert rows[1]["option"] == "channels_last" and "uxlfoundation/oneDNN#6035" in rows[1]["skipped"]
+    assert "| channels_last | 0 | skipped: --channels_last on the CPU" in capsys.readouterr().out

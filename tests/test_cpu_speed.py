@@ -1,5 +1,6 @@
 """CPU speed defaults: the evaluation batch and the divide's memory format."""
 
+import pytest
 import torch
 
 from models.preact_resnet import preact_resnet18
@@ -18,6 +19,7 @@ def test_eval_batch_is_b_on_the_cpu_large_on_a_gpu_and_overridable():
     assert eval_batch_size(cfg.replace(eval_batch_size=32), torch.device("cuda")) == 32
 
 
+@pytest.mark.isolated  # channels_last kernels depend on the CPU
 def test_divide_losses_equal_across_batch_sizes_and_memory_formats():
     torch.manual_seed(0)
     net = preact_resnet18(10, width=8)

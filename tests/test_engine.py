@@ -104,6 +104,8 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path, interrupt_train_epoch
         (["--r", "1.2"], "--r 1.2"),
         (["--resume", "/nonexistent/checkpoint.pt"], "no such file"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--r", "-1"], "--"),
+        # width 4: shortcut convolutions with 4 input channels, whose channels-last weight gradient oneDNN breaks
+        (["--device", "cpu", "--width", "4", "--channels_last"], "oneDNN bug uxlfoundation/oneDNN#6035"),
     ],
 )
 def test_bad_input_exits_with_one_line(tmp_path, capsys, extra, needle):

@@ -94,6 +94,7 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
     """Two classifiers (and, for InstanceGM, one generative model each) with their optimisers."""
     from dataloaders import DATASET_STATS
     from models import build_classifier, build_vae
+    from models.memory_format import channels_last_problem
 
     normalize = DATASET_STATS.get(cfg.dataset) if cfg.normalize_inputs else None
     peers = []
@@ -105,6 +106,9 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
         )
         net = build_classifier(cfg.backbone, cfg.num_classes, normalize=normalize, **options).to(device)
         if cfg.channels_last:
+            problem = channels_last_problem(net, device)
+            if problem:
+                raise ConfigError(problem)
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         vae = opt_vae = None
