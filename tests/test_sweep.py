@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -284,7 +285,7 @@ def test_report_groups_loose_run_folders_and_finds_the_paper_number(tmp_path):
     (rep,) = report_lib.collect([tmp_path / "runs"])
     assert rep.grid.name == "cifar100_idn"
     (row,) = rep.rows
-    assert (row.setting, row.paper, row.status) == ("r=0.45", 77.49, "2/2")
+    assert (row.setting, row.paper, row.status) == ("r=0.45,num_epochs=4", 77.49, "2/2")
     assert row.diff == pytest.approx(77.5 - 77.49)
 
 
@@ -503,3 +504,78 @@ def test_cells_per_gpu_runs_k_cells_on_each_gpu_at_once(fake_root, tmp_path, mon
                              "--cells_per_gpu", "2"])  # fmt: skip
     assert result["ran"] == ["ce_seed1", "ce_seed2"]
     assert [(sweep_dir / n / "gpu").read_text() for n in result["ran"]] == ["5", "5"]
+
+
+def _loose_run(run_dir: Path, *, seed: int, best: float, epochs: int = 4, **cfg) -> Path:
+    _fake_run(run_dir, epochs=epochs, done=epochs, last=best - 1, best=best, mean10=best - 2)
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].update(dataset="cifar100", noise_mode="instance", r=0.45, method="instancegm", seed=seed, **cfg)
+    (run_dir / "config.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def test_report_counts_a_run_once_and_pools_only_like_runs(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    a = _loose_run(runs / "a", seed=1, best=70.0, epochs=12)
+    shutil.copytree(a, runs / "a_backup")  # a copy: same setting, method and seed
+    (runs / "link").symlink_to(a)  # the same folder again
+    _loose_run(runs / "b", seed=2, best=72.0, epochs=12)
+    _loose_run(runs / "smoke", seed=1, best=8.6, epochs=1, smoke=True)
+    _loose_run(runs / "narrow", seed=3, best=50.0, epochs=12, width=8)
+    reports = report_lib.collect([runs, a])
+    (rep,) = reports
+    rows = {r.setting: r for r in rep.rows}
+    assert sorted(rows) == ["r=0.45,num_epochs=12", "r=0.45,width=8,num_epochs=12"]
+    full = rows["r=0.45,num_epochs=12"]
+    assert full.status == "2/2" and full.stat("best") == pytest.approx((71.0, 2**0.5))
+    assert full.hours == pytest.approx(2 * 12 * 180 * 2 / 3600)  # two runs, not four
+    assert "counted once" in caplog.text
+    smoke = report_lib.collect([runs], include_smoke=True)[0]
+    assert any(r.setting.endswith("smoke") for r in smoke.rows)
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda d: (d / "config.json").write_text("[1, 2]"), "not a JSON object"),
+        (lambda d: _edit_config(d, seed="one"), "seed is 'one', not an integer"),
+        (lambda d: (d / "summary.json").write_text('{"test/acc": {"best": null, "epochs": 4}}'), "best is None"),
+        (lambda d: (d / "summary.json").write_text('{"test/acc": {"best": "high", "epochs": 4}}'), "is 'high'"),
+    ],
+)
+def test_report_skips_a_bad_folder_and_writes_the_rest(tmp_path, damage, why, caplog):
+    runs = tmp_path / "runs"
+    _loose_run(runs / "good", seed=1, best=70.0)
+    bad = _loose_run(runs / "bad", seed=2, best=71.0)
+    damage(bad)
+    with (bad / "metrics.jsonl").open("r+") as fh:  # a torn middle line is skipped, the run still read
+        rows = fh.read().splitlines()
+        fh.seek(0)
+        fh.write("\n".join([rows[0], rows[1][:9], *rows[2:]]) + "\n")
+        fh.truncate()
+    out = tmp_path / "out"
+    (rep,) = report_lib.main([str(runs), "--out", str(out)])
+    assert f"skipping {bad}: " in caplog.text and why in caplog.text, caplog.text
+    assert [r.status for r in rep.rows] == ["1/1"] and (out / "report.md").exists()
+
+
+def _edit_config(run_dir: Path, **changes) -> None:
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].update(changes)
+    (run_dir / "config.json").write_text(json.dumps(info))
+
+
+def test_report_torn_line_cpu_hours_and_out_file(tmp_path, caplog):
+    run = _loose_run(tmp_path / "runs" / "a", seed=1, best=70.0)
+    info = json.loads((run / "config.json").read_text())
+    info["environment"] = {"device": "cpu", "processes": 1}
+    (run / "config.json").write_text(json.dumps(info))
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([rows[0], rows[1][:9], *rows[2:]]) + "\n")
+    (rep,) = report_lib.collect([run])
+    assert rep.rows[0].cells[0].epochs_done == 3 and "skipping line 2" in caplog.text
+    assert "| CPU wall h |" in report_lib.markdown(rep)
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(SystemExit, match="--out .*is a file"):
+        report_lib.main([str(run), "--out", str(afile)])
