@@ -579,3 +579,14 @@ def test_report_torn_line_cpu_hours_and_out_file(tmp_path, caplog):
     afile.write_text("")
     with pytest.raises(SystemExit, match="--out .*is a file"):
         report_lib.main([str(run), "--out", str(afile)])
+
+
+def test_sweep_report_and_plot_start_without_torch():
+    code = (
+        "import sys, training, training.report, training.sweep, training.plot; "
+        "training.sweep.main(['fmnist_cpu', '--dry_run', '--sweep_dir', 'nowhere']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("pending") == 8  # the dry run printed every cell
