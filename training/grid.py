@@ -130,9 +130,6 @@ def canonical_label(label: str) -> str:
     return ",".join(f"{k.strip()}={format_value(parse_value(v.strip()))}" for k, v in pairs)
 
 
-_normalise_label = canonical_label
-
-
 @dataclass(frozen=True)
 class Cell:
     """One run of a grid: what to run, where its folder is, and what the paper reports for it."""
