@@ -287,6 +287,16 @@ def _to_label_array(value: Any, source: str) -> np.ndarray:
     arr = _as_numpy(value)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.number)):
         raise ValueError(f"{source} must be a 1-D array of class indices, got dtype {arr.dtype} shape {arr.shape}")
+    # A cast would truncate 3.9 to 3 and turn complex values into their real part: refuse instead.
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{source} holds complex numbers (dtype {arr.dtype}); labels are class indices 0..K-1")
+    if arr.size and np.issubdtype(arr.dtype, np.floating):
+        whole = np.isfinite(arr) & (arr == np.round(arr))
+        if not whole.all():
+            i = int(np.argmin(whole))
+            raise ValueError(
+                f"{source} holds non-integer labels (label {i} is {arr[i].item()!r}); labels are class indices 0..K-1"
+            )
     return arr.astype(np.int64)
 
 

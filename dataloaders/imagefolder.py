@@ -10,11 +10,15 @@ names of the training folder (torchvision ``ImageFolder``'s rule); test classes 
 * Labels: the folder is the label. With ``--noise_mode real`` (the ``imagefolder`` preset) it is the noisy
   label and the truth is unknown; with ``instance|sym|asym`` the folders are taken as clean and synthetic
   noise is added on top (to test the method on data you trust).
-* Size: every image is decoded once, converted to RGB, centre-cropped to a square and resized to
-  ``--vae_size`` pixels (32, 64 or 224, the sizes the generative model exists for) and kept in memory as
-  uint8 (N, S, S, 3); a set that would take more than half of the machine's memory is refused with the
-  options that make it fit. The PreAct ResNet needs 32; use ``--backbone vgg19_bn`` at 64 and
-  ``--backbone resnet50`` at 224.
+* Size: every image is decoded once, converted to RGB (16-bit and float grayscale rescaled to 0-255 first),
+  centre-cropped to a square and resized to ``--vae_size`` pixels (32, 64 or 224, the sizes the generative
+  model exists for) and kept in memory as uint8 (N, S, S, 3); a set that would take more than half of the
+  machine's memory is refused with the options that make it fit. The PreAct ResNet needs 32; use
+  ``--backbone vgg19_bn`` at 64 and ``--backbone resnet50`` at 224.
+* Cache: the decoded arrays are saved in ``DIR/instancegm_cache/`` (or the user cache when ``DIR`` is
+  read-only), keyed by the listing and each file's size and modification time (``dataloaders/image_cache.py``):
+  the next start, resume or ``predict`` maps them instead of decoding; any added, removed or rewritten file
+  decodes again; ``--saved false`` forces it. Unreadable files are named together in one error.
 * Order: the files are listed in sorted order, then shuffled once with a fixed seed (independent of
   ``--seed``), so ``--train_subset N`` takes a random N and training index i is always the same file;
   ``train_paths`` on the data module maps indices back to files.
@@ -27,17 +31,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from .base import AugSpec, DataConfigError, DatasetNotFoundError, InMemoryDataModule, select_subset
-from .in_memory import ArrayDataset, build_in_memory
+from .image_cache import CACHE_FOLDER, cached_images, decode_images, to_rgb
+from .in_memory import ArrayDataset, build_in_memory, check_num_classes
 
 log = logging.getLogger("dataloaders")
 
@@ -79,7 +82,7 @@ def _is_image(path: Path) -> bool:
 
 
 def class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != CACHE_FOLDER)
 
 
 def list_images(folder: Path, classes: list[str] | None = None) -> ImageList:
@@ -121,7 +124,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """One image as uint8 (size, size, 3): EXIF orientation applied, RGB, centre square crop, resized."""
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = to_rgb(ImageOps.exif_transpose(img), path)
             img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -129,14 +132,20 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 def load_images(paths: list[Path], size: int, workers: int = 0) -> np.ndarray:
-    """Decode ``paths`` into one uint8 (N, size, size, 3) array, in threads (PIL releases the GIL)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = pool.map(lambda p: load_image(p, size), paths, chunksize=64)
-        for i, image in enumerate(tqdm(decoded, total=len(paths), desc="decoding images", leave=False, disable=None)):
-            out[i] = image
-    return out
+    """Decode ``paths`` into one uint8 (N, size, size, 3) array, in threads (PIL releases the GIL); every
+    unreadable file is named in one error."""
+    return decode_images(paths, size, True, threads=workers or None, decode=lambda p: load_image(p, size))
+
+
+DECODER = "imagefolder-exif-fit-bicubic-v1"  # load_image's recipe, in the cache key: change it with the recipe
+
+
+def cached_folder_images(paths: list[Path], root: Path, name: str, size: int, reuse: bool) -> np.ndarray:
+    """``load_images`` through the decoded-image cache (keyed by the listing, sizes and mtimes)."""
+    images, _, _ = cached_images(
+        paths, root, name, size, resize=True, reuse=reuse, decode=lambda p: load_image(p, size), decoder_name=DECODER
+    )
+    return images
 
 
 def _physical_memory() -> int | None:
@@ -173,6 +182,7 @@ def load_imagefolder(cfg) -> tuple[ArrayDataset, list[Path], list[Path], dict]:
     train_dir, test_dir = find_folders(cfg.data_path)
     train = shuffled(list_images(train_dir))
     num_classes = len(train.classes)
+    check_num_classes(cfg, f"{train_dir} ({len(train.classes)} class folders)", num_classes)  # before decoding
     info = {"classes": train.classes, "train_folder": str(train_dir), "image_size": size}
     if test_dir is not None:
         test = shuffled(list_images(test_dir, train.classes))
@@ -213,12 +223,14 @@ def load_imagefolder(cfg) -> tuple[ArrayDataset, list[Path], list[Path], dict]:
         size,
         size,
     )
+    root = Path(cfg.data_path).expanduser()
+    reuse = bool(getattr(cfg, "saved", True))
     data = ArrayDataset(
         name="imagefolder",
         num_classes=num_classes,
-        train_images=load_images(train.paths, size, cfg.num_workers),
+        train_images=cached_folder_images(train.paths, root, "imagefolder-train", size, reuse),
         train_labels=train.labels,
-        test_images=load_images(test.paths, size, cfg.num_workers),
+        test_images=cached_folder_images(test.paths, root, "imagefolder-test", size, reuse),
         test_labels=test.labels,
         labels_are_clean=cfg.noise_mode != "real",
         noise_cache_dir=str(Path(cfg.data_path).expanduser()),

@@ -154,10 +154,16 @@ def make_noisy_labels(
         path = _cache_path(
             Path(cfg.noise_dir or cache_dir).expanduser(), tools.noise_file_name(dataset, tag, rate, seed)
         )
-        with _as_user_error():
-            noisy, created = tools.get_or_create_noisy_labels(
-                path, lambda: _generate(mode, images, clean, num_classes, rate, seed, norm_std, superclasses)
-            )
+        try:
+            with _as_user_error():
+                noisy, created = tools.get_or_create_noisy_labels(
+                    path, lambda: _generate(mode, images, clean, num_classes, rate, seed, norm_std, superclasses)
+                )
+        except OSError as err:  # numpy's short-write error (disk full) has no errno for the run's usual check
+            raise DataConfigError(
+                f"cannot write the noisy labels to {path} ({err.strerror or err}); free space there or pass "
+                "--noise_dir DIR on another disk"
+            ) from None
     else:
         raise DataConfigError(
             f"--noise_mode {mode!r}: {dataset} takes synthetic noise ({', '.join(SYNTHETIC_MODES)}) "

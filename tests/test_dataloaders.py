@@ -563,3 +563,32 @@ def test_registry_is_the_extension_point():
     assert set(dataloaders.DATASETS) >= {"cifar10", "cifar100", "fashionmnist"}
     assert all(callable(f) for f in dataloaders.DATASETS.values())
     assert set(DATASET_STATS) >= {"cifar10", "cifar100", "fashionmnist"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.arange(100) % 10 + 0.9, "non-integer labels \\(label 0 is 0.9"),
+        ((np.arange(100) % 10) * 1j, "complex numbers"),
+        (np.where(np.arange(100) == 7, np.nan, np.arange(100) % 10), "label 7 is nan"),
+    ],
+)
+def test_non_integer_or_complex_noise_files_are_refused(tiny_cifar10, tmp_path, labels, message):
+    path = tmp_path / "labels.npy"
+    np.save(path, labels)
+    cfg = make_cfg(data_path=str(tiny_cifar10.flat), noise_file=str(path))
+    with pytest.raises(DataConfigError, match=message):
+        build_data(cfg)
+    np.save(path, (np.arange(100) % 10).astype(np.float64))  # whole numbers stored as floats are labels
+    assert torch.equal(build_data(cfg).noisy_labels, torch.arange(100) % 10)
+
+
+def test_full_disk_while_writing_the_noise_cache_is_one_line(tiny_cifar10, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError("Not enough free space to write 800 bytes")  # numpy's message, without an errno
+
+    monkeypatch.setattr(np, "save", full)
+    cfg = make_cfg(data_path=str(tiny_cifar10.flat), r=0.3, noise_dir=str(tmp_path / "noise"))
+    with pytest.raises(DataConfigError, match="cannot write the noisy labels to .*free space there or pass"):
+        build_data(cfg)
+    assert list((tmp_path / "noise").iterdir()) == []  # no half-written file left behind

@@ -305,3 +305,60 @@ def test_imagefolder_checks(image_folder, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         instanceGM.main(["--dataset", "imagefolder", "--data_path", str(image_folder / "train")])
     assert exit_info.value.code == 2  # "--num_class 10 but imagefolder has 3 classes: pass --num_class 3"
+
+
+def test_imagefolder_decodes_once_then_reads_the_cache(image_folder, monkeypatch):
+    from dataloaders import imagefolder
+
+    base = instanceGM.PRESETS["imagefolder"].replace(data_path=str(image_folder / "train"), num_classes=3)
+    first, paths, _, _ = imagefolder.load_imagefolder(base)
+    caches = sorted(p.name for p in (image_folder / "train" / "instancegm_cache").iterdir())
+    assert [c.split("-")[1] for c in caches] == ["test", "train"]  # the held-out set and the rest
+
+    def no_decoding(path, size):
+        raise AssertionError(f"decoded {path} again")
+
+    with monkeypatch.context() as m:
+        m.setattr(imagefolder, "load_image", no_decoding)
+        second, paths_again, _, _ = imagefolder.load_imagefolder(base)  # the cache folder is not a class
+    assert paths_again == paths and np.array_equal(second.train_images, first.train_images)
+    assert np.array_equal(second.test_images, first.test_images)
+    decoded = []
+    monkeypatch.setattr(imagefolder, "load_image", lambda p, s: decoded.append(p) or np.zeros((s, s, 3), np.uint8))
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(paths[0])  # rewritten in place: new size and mtime
+    imagefolder.load_imagefolder(base)
+    assert len(decoded) == 34  # the training images' cache is stale (the held-out test set's is not)
+    imagefolder.load_imagefolder(base.replace(saved=False))
+    assert len(decoded) == 34 + 36  # --saved false decodes everything again
+
+
+def test_imagefolder_rescales_16_bit_and_float_images(tmp_path):
+    from dataloaders.base import DatasetNotFoundError
+    from dataloaders.imagefolder import load_image
+
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "g16.png")  # 32896 / 257 = 128
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "f01.tif")  # a 0-1 float image
+    Image.fromarray(np.full((8, 8), 200.0, np.float32)).save(tmp_path / "f255.tif")  # a 0-255 float image
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    assert np.unique(load_image(tmp_path / "g16.png", 4)).tolist() == [128]
+    assert np.unique(load_image(tmp_path / "f01.tif", 4)).tolist() == [128]  # 0.5 x 255 = 127.5 -> 128
+    assert np.unique(load_image(tmp_path / "f255.tif", 4)).tolist() == [200]
+    Image.fromarray(np.full((8, 8), 1000.0, np.float32)).save(tmp_path / "big.tif")
+    with pytest.raises(DatasetNotFoundError, match="big.tif is a F-mode image with values from 1000 to 1000"):
+        load_image(tmp_path / "big.tif", 4)
+
+
+def test_imagefolder_names_every_bad_file_and_checks_num_class_before_decoding(image_folder, monkeypatch):
+    from dataloaders import imagefolder
+    from dataloaders.base import DatasetNotFoundError
+
+    base = instanceGM.PRESETS["imagefolder"].replace(data_path=str(image_folder), num_classes=3)
+    for name in ("cat/broken.png", "dog/empty.jpg"):
+        (image_folder / "train" / name).write_bytes(b"not an image")
+    with pytest.raises(DatasetNotFoundError) as err:
+        imagefolder.load_imagefolder(base)
+    assert str(err.value).startswith("2 of 38 images cannot be used: ")
+    assert "broken.png" in str(err.value) and "empty.jpg" in str(err.value)
+    monkeypatch.setattr(imagefolder, "load_image", lambda p, s: pytest.fail("decoded before the class check"))
+    with pytest.raises(DataConfigError, match="--num_class 4 but .*3 class folders"):
+        imagefolder.load_imagefolder(base.replace(num_classes=4))

@@ -12,6 +12,7 @@ CFG = {"method": "instancegm", "warm_up": 3, "num_epochs": 12, "lr_drop_epoch": 
 
 
 def _warmup_run(tmp_path, epochs: int = 2):
+    tmp_path.mkdir(exist_ok=True)
     rows = [
         {"epoch": e, "phase": "warmup", "test/acc": 10.0 + 0.05 * e, "test/net1/acc": 10.0, "test/net2/acc": 10.0,
          "train/net1/warmup/ce": 2.3, "train/net2/warmup/ce": 2.3}
@@ -65,3 +66,17 @@ def test_wide_accuracy_ranges_are_left_alone(tmp_path, monkeypatch):
     plot.plot_accuracy(rows, CFG, tmp_path / "a.png", "run")
     lo, hi = figures[0].axes[0].get_ylim()
     assert lo < 20 and hi > 80 and hi - lo < 70
+
+
+def test_damaged_files_give_one_line_not_a_traceback(tmp_path, capsys):
+    run = _warmup_run(tmp_path / "run")
+    (run / "splits.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert plot.main([str(run)]) == 0  # the other plots are drawn
+    out = capsys.readouterr().out
+    assert "wrote" in out and "skipped gmm.png: " in out and "splits.pt cannot be read" in out
+    (run / "out").write_text("")
+    assert plot.main([str(run), "--out", str(run / "out")]) == 2
+    (run / "config.json").write_text('{"config": ')
+    assert plot.main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "config.json is not valid JSON" in err and "Traceback" not in err

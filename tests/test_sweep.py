@@ -4,7 +4,10 @@ import csv
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -282,7 +285,7 @@ def test_report_groups_loose_run_folders_and_finds_the_paper_number(tmp_path):
     (rep,) = report_lib.collect([tmp_path / "runs"])
     assert rep.grid.name == "cifar100_idn"
     (row,) = rep.rows
-    assert (row.setting, row.paper, row.status) == ("r=0.45", 77.49, "2/2")
+    assert (row.setting, row.paper, row.status) == ("r=0.45,num_epochs=4", 77.49, "2/2")
     assert row.diff == pytest.approx(77.5 - 77.49)
 
 
@@ -296,3 +299,294 @@ def test_cost_estimate_counts_the_passes_of_a_run():
     assert run_flops(recipe, "dividemix", 0.5, net=1.0, vae=0.0) == warm + 2 * dm
     igm = dm + 2 * 5 * 3 * 2 * 10 * (1.0 + 0.5)  # plus classifier and generative model on 2B, with backward
     assert run_flops(recipe, "instancegm", 0.5, net=1.0, vae=0.5) == warm + 2 * igm
+
+
+# ================================================================ hostile and odd inputs ======================
+FAKE_CELL = """\
+import os, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+run = Path(args[args.index("--output_dir") + 1]) / args[args.index("--run_name") + 1]
+run.mkdir(parents=True, exist_ok=True)
+if (run / "run.lock").exists():  # as the engine: a folder held by another process is refused
+    sys.exit(1)
+(run / "pid").write_text(str(os.getpid()))
+(run / "gpu").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+peers, deadline = int(os.environ.get("FAKE_PEERS", "1")), time.time() + 30
+while len(list(run.parent.glob("*/pid"))) < peers:  # proves that this many cells run at the same time
+    if time.time() > deadline:
+        sys.exit(3)
+    time.sleep(0.05)
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+"""
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch) -> Path:
+    """A repository root whose entry script ``cell.py`` only records that it ran (no torch, milliseconds)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "cell.py").write_text(FAKE_CELL)
+    (root / "g.toml").write_text('script = "cell.py"\nmethods = ["ce"]\nseeds = [1, 2]\n[flags]\nnum_epochs = 1\n')
+    from training import grid as grid_lib
+
+    monkeypatch.setattr(grid_lib, "ROOT", root)
+    monkeypatch.setattr(sweep_lib, "ROOT", root)
+    return root
+
+
+def _sweep_exit(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as err:
+        sweep_lib.main(argv)
+    return err.value.code, capsys.readouterr().err
+
+
+def test_slurm_script_takes_no_injected_shell_line(tmp_path, monkeypatch, capsys):
+    """Newlines in an axis key, --slurm_extra or --partition are refused; the batch script submitit writes,
+    run by a shell with a stand-in srun, creates no file; a repository path with a space stays one word."""
+    pytest.importorskip("submitit")
+    bin_dir, victim, scripts = tmp_path / "bin", tmp_path / "victim", tmp_path / "scripts"
+    for d in (bin_dir, victim, scripts):
+        d.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf %s "$PYTHONPATH" > {tmp_path}/pythonpath\n')
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {scripts}/job$$.sh\necho "Submitted batch job 7"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spaced = tmp_path / "my repo"
+    spaced.mkdir()
+    (spaced / "instanceGM.py").write_text("")
+    from training import grid as grid_lib
+
+    monkeypatch.setattr(grid_lib, "ROOT", spaced)
+    monkeypatch.setattr(sweep_lib, "ROOT", spaced)
+    base = ["cifar10_idn", "--seeds", "1", "--methods", "ce", "--executor", "slurm"]
+    attacks = [
+        ["--set", f"r\ntouch {victim}/key=0.5"],
+        ["--set", f"r=0.5\ntouch {victim}/value"],
+        ["--slurm_extra", f"constraint=a100\ntouch {victim}/extra"],
+        ["--slurm_extra", f"x\ntouch {victim}/extra_key=1"],
+        ["--partition", f"gpu\ntouch {victim}/partition"],
+        ["--set", "r=0.5"],  # harmless: its script runs below, with the spaced repository path
+    ]
+    for i, attack in enumerate(attacks):
+        try:
+            sweep_lib.main([*base, *attack, "--sweep_dir", str(tmp_path / f"sweep{i}")])
+        except SystemExit as err:
+            message = capsys.readouterr().err
+            assert err.code == 2 and message.startswith("error: ") and message.count("\n") == 1, attack
+    written = sorted(scripts.iterdir())
+    assert len(written) == 1  # only the harmless submission reached sbatch
+    for script in written:
+        subprocess.run(["bash", str(script)], cwd=victim, env=os.environ, check=False, capture_output=True)
+    assert list(victim.iterdir()) == []
+    assert (tmp_path / "pythonpath").read_text().split(":")[0] == str(spaced)
+
+
+def test_dry_run_prints_commands_that_paste_back_as_they_run(tmp_path, capsys):
+    sweep_dir = tmp_path / "s"
+    out = sweep_lib.main(["cifar10_idn", "--set", "data_path=/x/a b;touch y", "--set", "r=0.5;rm -rf z",
+                          "--seeds", "1", "--methods", "ce", "--dry_run", "--sweep_dir", str(sweep_dir)])  # fmt: skip
+    (name,) = out["cells"]
+    assert name == "r0.5-rm--rf-z_ce_seed1"  # a cell name keeps letters, digits and . _ + - only
+    (line,) = capsys.readouterr().out.splitlines()
+    sets = ["data_path=/x/a b;touch y", "r=0.5;rm -rf z"]
+    (cell,) = load_grid("cifar10_idn").with_overrides(sets, [1], ["ce"]).cells()
+    assert shlex.split(line)[1:] == sweep_lib.cell_command(cell, sweep_dir)
+    assert "'/x/a b;touch y'" in line
+
+
+def test_values_travel_as_written(tmp_path):
+    grid = load_grid("cifar10_idn").with_overrides(
+        ["lr=0.0123456789", "data_path=007", "num_epochs=1_000", "lambda_u=Infinity", "r=0.02,0.020000001"], [1], ["ce"]
+    )
+    cells = grid.cells()
+    assert [c.name for c in cells] == ["r0.02_ce_seed1", "r0.020000001_ce_seed1"]
+    argv = cells[0].argv(tmp_path)
+    for flag, value in (("--lr", "0.0123456789"), ("--data_path", "007"), ("--num_epochs", "1_000"),
+                        ("--lambda_u", "Infinity")):  # fmt: skip
+        assert argv[argv.index(flag) + 1] == value
+    narrowed = load_grid("cifar10_idn").with_overrides(["r=0.50"], [1], ["instancegm"]).cells()
+    assert narrowed[0].paper == 95.90  # 0.50 is the paper's 0.5
+    toml = tmp_path / "g.toml"
+    toml.write_text('script = "instanceGM.py"\nseeds = [1]\n[axes]\nlr = [0.0123456789, 1e-7]\n')
+    assert [c.argv(tmp_path)[1] for c in load_grid(str(toml)).cells()] == ["0.0123456789", "1e-07"]
+    with pytest.raises(GridError, match="share the run folder"):
+        load_grid("cifar10_idn").with_overrides(["data_path=a/b,a-b"], [1], ["ce"]).cells()
+    toml.write_text('script = "instanceGM.py"\nseeds = [1.5, 1.9]\n')
+    with pytest.raises(GridError, match="1.5 is not an integer seed"):
+        load_grid(str(toml))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('methods = "instancegm"', "methods = 'instancegm': write a list"),
+        ("seeds = 3", "seeds = 3: write a non-empty list"),
+        ("flags = 3", "grid key 'flags': 3 is not a table"),
+        ("[axes]\nr = []", r"\[axes\] r = \[\]: an axis needs at least one value"),
+        ("[axes]\nlearning_rat = [0.1]", "'learning_rat': not an option of the entry scripts"),
+        ("[flags]\nr = [[1]]", r"\[flags\] r: \[\[1\]\] is a list"),
+        ("[flags]\nrun_name = 'x'", "the sweep sets --run_name itself"),
+        ("title = 3", "grid key 'title': 3 is not a string"),
+        ('[paper]\ninstancegm = "high"', r"\[paper.instancegm\]: write"),
+    ],
+)
+def test_grid_toml_errors_name_the_key(tmp_path, text, message, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'script = "instanceGM.py"\n{text}\n')
+    with pytest.raises(GridError, match=message):
+        load_grid(str(path))
+    code, err = _sweep_exit([str(path), "--dry_run"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_sweep_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("")
+    code, err = _sweep_exit(["fmnist_cpu", "--sweep_dir", str(afile)], capsys)
+    assert code == 2 and "is a file" in err
+    code, err = _sweep_exit(["fmnist_cpu", "--set", "no_such_flag=1", "--dry_run"], capsys)
+    assert code == 2 and "'no_such_flag': not an option" in err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
+    code, err = _sweep_exit(["fmnist_cpu", "--executor", "slurm", "--sweep_dir", str(tmp_path / "s")], capsys)
+    assert code == 2 and "sbatch and srun not found on PATH" in err and err.count("\n") == 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_sigkill_of_the_sweep_leaves_no_cell_running(fake_root, tmp_path):
+    sweep_dir = tmp_path / "s"
+    code = (
+        "import sys; from pathlib import Path; from training import grid, sweep\n"
+        f"grid.ROOT = sweep.ROOT = Path({str(fake_root)!r}); sweep.main(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_SLEEP": "60"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(fake_root / "g.toml"), "--sweep_dir", str(sweep_dir)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pid_file, deadline = sweep_dir / "ce_seed1" / "pid", time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    cell = int(pid_file.read_text())
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while not _gone(cell) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _gone(cell), "the cell outlived its sweep"
+    assert not (sweep_dir / "ce_seed2").exists()
+
+
+def test_cell_running_elsewhere_is_not_a_failure_and_a_second_sweep_refuses(fake_root, tmp_path, capsys):
+    sweep_dir = tmp_path / "s"
+    held = sweep_dir / "ce_seed1"
+    held.mkdir(parents=True)
+    (held / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    result = sweep_lib.main([str(fake_root / "g.toml"), "--sweep_dir", str(sweep_dir)])  # no SystemExit: exit 0
+    assert result["elsewhere"] == ["ce_seed1"] and result["ran"] == ["ce_seed2"]
+    assert not (held / "pid").exists() and (sweep_dir / "ce_seed2" / "pid").exists()
+    with sweep_lib.sweep_lock(sweep_dir):
+        code, err = _sweep_exit([str(fake_root / "g.toml"), "--sweep_dir", str(sweep_dir)], capsys)
+    assert code == 2 and f"in use by another sweep (process {os.getpid()})" in err and err.count("\n") == 1
+
+
+def test_cells_per_gpu_runs_k_cells_on_each_gpu_at_once(fake_root, tmp_path, monkeypatch):
+    assert sweep_lib.gpu_slots("0,1", 1, 2) == ["0", "1", "0", "1"] and sweep_lib.gpu_slots("", 1, 3) == [None] * 3
+    monkeypatch.setenv("FAKE_PEERS", "2")  # each cell waits until the other has started
+    sweep_dir = tmp_path / "s"
+    result = sweep_lib.main([str(fake_root / "g.toml"), "--sweep_dir", str(sweep_dir), "--gpus", "5",
+                             "--cells_per_gpu", "2"])  # fmt: skip
+    assert result["ran"] == ["ce_seed1", "ce_seed2"]
+    assert [(sweep_dir / n / "gpu").read_text() for n in result["ran"]] == ["5", "5"]
+
+
+def _loose_run(run_dir: Path, *, seed: int, best: float, epochs: int = 4, **cfg) -> Path:
+    _fake_run(run_dir, epochs=epochs, done=epochs, last=best - 1, best=best, mean10=best - 2)
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].update(dataset="cifar100", noise_mode="instance", r=0.45, method="instancegm", seed=seed, **cfg)
+    (run_dir / "config.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def test_report_counts_a_run_once_and_pools_only_like_runs(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    a = _loose_run(runs / "a", seed=1, best=70.0, epochs=12)
+    shutil.copytree(a, runs / "a_backup")  # a copy: same setting, method and seed
+    (runs / "link").symlink_to(a)  # the same folder again
+    _loose_run(runs / "b", seed=2, best=72.0, epochs=12)
+    _loose_run(runs / "smoke", seed=1, best=8.6, epochs=1, smoke=True)
+    _loose_run(runs / "narrow", seed=3, best=50.0, epochs=12, width=8)
+    reports = report_lib.collect([runs, a])
+    (rep,) = reports
+    rows = {r.setting: r for r in rep.rows}
+    assert sorted(rows) == ["r=0.45,num_epochs=12", "r=0.45,width=8,num_epochs=12"]
+    full = rows["r=0.45,num_epochs=12"]
+    assert full.status == "2/2" and full.stat("best") == pytest.approx((71.0, 2**0.5))
+    assert full.hours == pytest.approx(2 * 12 * 180 * 2 / 3600)  # two runs, not four
+    assert "counted once" in caplog.text
+    smoke = report_lib.collect([runs], include_smoke=True)[0]
+    assert any(r.setting.endswith("smoke") for r in smoke.rows)
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda d: (d / "config.json").write_text("[1, 2]"), "not a JSON object"),
+        (lambda d: _edit_config(d, seed="one"), "seed is 'one', not an integer"),
+        (lambda d: (d / "summary.json").write_text('{"test/acc": {"best": null, "epochs": 4}}'), "best is None"),
+        (lambda d: (d / "summary.json").write_text('{"test/acc": {"best": "high", "epochs": 4}}'), "is 'high'"),
+    ],
+)
+def test_report_skips_a_bad_folder_and_writes_the_rest(tmp_path, damage, why, caplog):
+    runs = tmp_path / "runs"
+    _loose_run(runs / "good", seed=1, best=70.0)
+    bad = _loose_run(runs / "bad", seed=2, best=71.0)
+    damage(bad)
+    with (bad / "metrics.jsonl").open("r+") as fh:  # a torn middle line is skipped, the run still read
+        rows = fh.read().splitlines()
+        fh.seek(0)
+        fh.write("\n".join([rows[0], rows[1][:9], *rows[2:]]) + "\n")
+        fh.truncate()
+    out = tmp_path / "out"
+    (rep,) = report_lib.main([str(runs), "--out", str(out)])
+    assert f"skipping {bad}: " in caplog.text and why in caplog.text, caplog.text
+    assert [r.status for r in rep.rows] == ["1/1"] and (out / "report.md").exists()
+
+
+def _edit_config(run_dir: Path, **changes) -> None:
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].update(changes)
+    (run_dir / "config.json").write_text(json.dumps(info))
+
+
+def test_report_torn_line_cpu_hours_and_out_file(tmp_path, caplog):
+    run = _loose_run(tmp_path / "runs" / "a", seed=1, best=70.0)
+    info = json.loads((run / "config.json").read_text())
+    info["environment"] = {"device": "cpu", "processes": 1}
+    (run / "config.json").write_text(json.dumps(info))
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([rows[0], rows[1][:9], *rows[2:]]) + "\n")
+    (rep,) = report_lib.collect([run])
+    assert rep.rows[0].cells[0].epochs_done == 3 and "skipping line 2" in caplog.text
+    assert "| CPU wall h |" in report_lib.markdown(rep)
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(SystemExit, match="--out .*is a file"):
+        report_lib.main([str(run), "--out", str(afile)])
+
+
+def test_sweep_report_and_plot_start_without_torch():
+    code = (
+        "import sys, training, training.report, training.sweep, training.plot; "
+        "training.sweep.main(['fmnist_cpu', '--dry_run', '--sweep_dir', 'nowhere']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("pending") == 8  # the dry run printed every cell

@@ -66,7 +66,7 @@ class Config:
     balanced_subset: bool = opt(False, "with --train_subset: take N/K samples of each class instead of the first N")
     test_subset: int = opt(0, "evaluate on the first N test images only (0: all); for quick CPU runs")
     saved: bool = opt(
-        True, "Animal-10N / Red Mini-ImageNet: reuse the decoded-image cache (false: decode the images again)"
+        True, "Animal-10N / Red Mini-ImageNet / image folders: reuse the decoded-image cache (false: decode again)"
     )
     num_batches: int = opt(1000, "Clothing1M: batches per epoch; its subsets are num_batches x batch_size images")
     # ---------------- label noise ----------------

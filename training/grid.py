@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
-from training.config import METHODS, SELECTIONS
+from training.config import ALIASES, COMPAT_FLAGS, METHODS, SELECTIONS, Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,17 +58,55 @@ class GridError(ValueError):
     """A grid that cannot be used; the message says what to change."""
 
 
+# Values reach a shell script (Slurm) and folder names: keys are identifiers, no value holds a control
+# character (a newline would end an ``#SBATCH`` line), and a cell name keeps only these characters.
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+_GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# Flags the sweep writes itself for every cell.
+SWEEP_FLAGS = ("method", "seed", "output_dir", "run_name", "resume")
+
+
+def script_options() -> set[str]:
+    """Every ``--KEY`` the entry scripts take (they share one Config), without the leading dashes."""
+    names = {f.name for f in Config.__dataclass_fields__.values()}
+    return names | set(ALIASES) | set(COMPAT_FLAGS)
+
+
+def check_key(key: str, where: str) -> str:
+    """``key`` as a flag name a grid may set: an identifier, an option of the scripts, not one the sweep sets."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise GridError(f"{where} key {key!r}: flag names are letters, digits and _ (e.g. lambda_u)")
+    if key in SWEEP_FLAGS:
+        raise GridError(f"{where} key {key!r}: the sweep sets --{key} itself (methods and seeds: --methods, --seeds)")
+    if key not in script_options():
+        raise GridError(f"{where} key {key!r}: not an option of the entry scripts (python instanceGM.py --help)")
+    return key
+
+
+def check_value(value: Any, where: str) -> Value:
+    """A scalar flag value (string, integer, float or boolean) without control characters."""
+    if not isinstance(value, (str, int, float, bool)):
+        raise GridError(f"{where}: {value!r} is a {type(value).__name__}; write a string, number or true/false")
+    if isinstance(value, str) and (_CONTROL.search(value) or not value):
+        raise GridError(f"{where}: {value!r} is empty or holds a control character (newline, tab, ...)")
+    return value
+
+
 def format_value(value: Value) -> str:
-    """One spelling of a flag value, for labels, folder names and the command line (0.2, 45, true)."""
+    """The text a flag value is passed as: a string as written (``--set`` values keep their spelling:
+    ``007``, ``1_000``, ``0.0123456789``), a float by ``repr`` (no digit lost), booleans as true/false."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value)
     return str(value)
 
 
 def parse_value(text: str) -> Value:
-    """A command-line value as TOML would have typed it: int, float, boolean or string."""
+    """A command-line value as TOML would have typed it: int, float, boolean or string (to compare settings;
+    the value passed to the run keeps its own spelling)."""
     for kind in (int, float):
         try:
             return kind(text)
@@ -79,13 +120,14 @@ def setting_label(setting: Mapping[str, Value]) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in setting.items())
 
 
-def _normalise_label(label: str) -> str:
+def canonical_label(label: str) -> str:
+    """A setting label with each value in one spelling (``r=0.50`` -> ``r=0.5``), to find the paper's number."""
     if not label:
         return ""
     pairs = [part.split("=", 1) for part in label.split(",")]
     if any(len(p) != 2 for p in pairs):
         raise GridError(f'paper key {label!r}: write settings as axis=value, e.g. "r=0.2"')
-    return setting_label({k.strip(): parse_value(v.strip()) for k, v in pairs})
+    return ",".join(f"{k.strip()}={format_value(parse_value(v.strip()))}" for k, v in pairs)
 
 
 @dataclass(frozen=True)
@@ -103,8 +145,9 @@ class Cell:
     @property
     def name(self) -> str:
         """Run folder name: ``r0.2_instancegm_seed1`` (``instancegm_seed1`` without axes)."""
-        parts = [s.replace("=", "") for s in self.setting.split(",") if s]
-        return "_".join([*parts, self.method.replace("+", "_"), f"seed{self.seed}"]).replace("/", "-")
+        parts = [s.replace("=", "", 1) for s in self.setting.split(",") if s]
+        name = "_".join([*parts, self.method.replace("+", "_"), f"seed{self.seed}"]).replace("/", "-")
+        return _UNSAFE_IN_NAME.sub("-", name)
 
     def argv(self, sweep_dir: Path, torchrun: bool = False) -> list[str]:
         """The entry script's flags; every cell resumes its own folder if it holds a checkpoint."""
@@ -162,15 +205,23 @@ class Grid:
     def cells(self) -> list[Cell]:
         """The product of axes x methods x seeds, settings outermost (the order of the paper's table)."""
         keys = list(self.axes)
-        out = []
+        out: list[Cell] = []
+        seen: dict[str, Cell] = {}
         for values in itertools.product(*(self.axes[k] for k in keys)):
             setting = dict(zip(keys, values))
             label = setting_label(setting)
             flags = tuple({**self.flags, **setting}.items())
             for method in self.methods:
                 for seed in self.seeds:
-                    paper = self.paper.get(method, {}).get(label)
-                    out.append(Cell(self.name, self.script, flags, label, method, seed, paper))
+                    paper = self.paper.get(method, {}).get(canonical_label(label))
+                    cell = Cell(self.name, self.script, flags, label, method, seed, paper)
+                    other = seen.setdefault(cell.name, cell)
+                    if other is not cell:
+                        raise GridError(
+                            f"settings {other.setting!r} and {cell.setting!r} would share the run folder "
+                            f"{cell.name!r}: give the values distinct spellings"
+                        )
+                    out.append(cell)
         return out
 
     def with_overrides(
@@ -188,7 +239,11 @@ class Grid:
             key = key.strip().lstrip("-")
             if not sep or not key or not values:
                 raise GridError(f"--set {item!r}: write KEY=VALUE or KEY=V1,V2,... (e.g. --set r=0.2,0.4)")
-            parsed = [parse_value(v.strip()) for v in values.split(",")]
+            if key in ("method", "seed"):
+                raise GridError("set methods and seeds with --methods and --seeds, not --set")
+            check_key(key, "--set")
+            # Values travel as written: the run parses them, not the sweep (0.0123456789, 007, 1_000 stay).
+            parsed: list[Value] = [check_value(v.strip(), f"--set {key}") for v in values.split(",")]
             flags.pop(key, None)
             was_axis = axes.pop(key, None) is not None
             if len(parsed) == 1 and not was_axis:
@@ -201,16 +256,41 @@ class Grid:
             self,
             flags=flags,
             axes=axes,
-            seeds=tuple(seeds) if seeds else self.seeds,
+            seeds=_check_seeds(seeds, "--seeds") if seeds else self.seeds,
             methods=_check_methods(methods) if methods else self.methods,
         )
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)):
+        raise GridError(f'methods = {methods!r}: write a list, e.g. methods = ["instancegm", "dividemix"]')
     unknown = [m for m in methods if m not in ROWS]
     if unknown or not methods:
         raise GridError(f"methods {', '.join(unknown) or '(none)'}: choose from {', '.join(ROWS)}")
     return tuple(methods)
+
+
+def _check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise GridError(f"{where} = {seeds!r}: write a non-empty list of integers, e.g. seeds = [1, 2, 3]")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise GridError(f"{where}: {bad[0]!r} is not an integer seed; write whole numbers, e.g. seeds = [1, 2, 3]")
+    return tuple(seeds)
+
+
+def _check_str(data: Mapping[str, Any], key: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or _CONTROL.search(value.replace("\n", "")):
+        raise GridError(f"grid key {key!r}: {value!r} is not a string of one line")
+    return value
+
+
+def _check_table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise GridError(f"grid key {key!r}: {value!r} is not a table; write [{key}] followed by key = value lines")
+    return dict(value)
 
 
 def named_grids() -> list[str]:
@@ -238,29 +318,42 @@ def grid_from_dict(data: Mapping[str, Any], default_name: str = "grid") -> Grid:
         raise GridError(f"unknown grid key(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(known))}")
     if "script" not in data:
         raise GridError('a grid needs script = "instanceGM.py" (the entry script of its runs)')
-    script = str(data["script"])
-    if not (ROOT / script).exists():
+    script = _check_str(data, "script", "")
+    if not (ROOT / script).is_file():
         raise GridError(f"script {script!r}: no such entry script in {ROOT}")
-    compare = str(data.get("compare", "best"))
+    compare = _check_str(data, "compare", "best")
     if compare not in ACCURACIES:
         raise GridError(f"compare = {compare!r}: choose one of {', '.join(ACCURACIES)}")
-    axes = {str(k): list(v) if isinstance(v, list) else [v] for k, v in dict(data.get("axes", {})).items()}
+    name = _check_str(data, "name", _UNSAFE_IN_NAME.sub("-", default_name))
+    if not _GRID_NAME.match(name):
+        raise GridError(f"grid name {name!r}: use letters, digits, '.', '_' and '-' (it names folders and jobs)")
+    flags = {check_key(k, "[flags]"): check_value(v, f"[flags] {k}") for k, v in _check_table(data, "flags").items()}
+    axes: dict[str, list[Value]] = {}
+    for key, values in _check_table(data, "axes").items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise GridError(f"[axes] {key} = []: an axis needs at least one value (or remove it)")
+        axes[check_key(key, "[axes]")] = [check_value(v, f"[axes] {key}") for v in values]
     paper: dict[str, dict[str, float]] = {}
-    for method, values in dict(data.get("paper", {})).items():
-        if isinstance(values, (int, float)):
+    for method, values in _check_table(data, "paper").items():
+        if isinstance(values, (int, float)) and not isinstance(values, bool):
             values = {"": values}
-        paper[method] = {_normalise_label(k): float(v) for k, v in values.items()}
+        if not isinstance(values, Mapping) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()
+        ):
+            raise GridError(f'[paper.{method}]: write "setting" = accuracy lines, e.g. "r=0.2" = 96.68')
+        paper[method] = {canonical_label(k): float(v) for k, v in values.items()}
     return Grid(
-        name=str(data.get("name", default_name)),
+        name=name,
         script=script,
-        title=str(data.get("title", "")),
-        flags=dict(data.get("flags", {})),
+        title=_check_str(data, "title", ""),
+        flags=flags,
         axes=axes,
-        methods=_check_methods(list(data.get("methods", ["instancegm"]))),
-        seeds=tuple(int(s) for s in data.get("seeds", (1,))),
+        methods=_check_methods(data.get("methods", ["instancegm"])),
+        seeds=_check_seeds(data.get("seeds", [1]), "seeds"),
         compare=compare,
         paper=paper,
-        paper_note=str(data.get("paper_note", "")),
+        paper_note=_check_str(data, "paper_note", ""),
     )
 
 
@@ -281,10 +374,12 @@ def grid_to_dict(grid: Grid) -> dict[str, Any]:
 
 # ================================================================ state of a run folder ========================
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -292,8 +387,10 @@ def is_finished(run_dir: Path) -> bool:
     summary, info = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
     if not summary or not info:
         return False
-    epochs = summary.get("test/acc", {}).get("epochs")
-    return epochs is not None and epochs >= int(info.get("config", {}).get("num_epochs", 0))
+    acc, cfg = summary.get("test/acc"), info.get("config")
+    epochs = acc.get("epochs") if isinstance(acc, dict) else None
+    num_epochs = cfg.get("num_epochs", 0) if isinstance(cfg, dict) else 0
+    return isinstance(epochs, int) and isinstance(num_epochs, int) and epochs >= num_epochs
 
 
 def cell_state(run_dir: Path) -> str:
@@ -325,3 +422,25 @@ def read_manifest(sweep_dir: Path) -> tuple[Grid, list[Cell]] | None:
     if data is None:
         return None
     return grid_from_dict(data["grid"]), [Cell.from_dict(c) for c in data["cells"]]
+
+
+# ================================================================ who is running a cell =======================
+RUN_LOCK = "run.lock"  # the run folder's lock (training.rundir.RunLock): pid and host of the writing process
+
+
+def lock_owner(run_dir: Path) -> str | None:
+    """``"process N on HOST"`` when a live process (or one on another host) holds ``run_dir``'s lock, else None.
+
+    Read here, not through training.rundir, so that the sweep and the report start without torch."""
+    owner = read_json(Path(run_dir) / RUN_LOCK)
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return None
+    pid, host = owner["pid"], owner.get("host")
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's process: it exists
+            pass
+    return f"process {pid} on {host}"

@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 
 from training.config import HelpFormatter
-from training.dashboards import load_splits
-from training.metrics import read_jsonl
 
 DPI = 100
 # Figure sizes in inches; the PNGs are exactly FIGSIZE * DPI pixels.
@@ -235,15 +233,35 @@ def plot_gmm(splits: dict, cfg: dict, path: Path, title: str) -> Path:
 
 
 # ---------------------------------------------------------------- command line -----------------------------
-def load_run(run_dir: Path) -> tuple[list[dict], dict[str, Any], dict | None]:
-    """(metrics rows, config.json content or {}, saved split or None)."""
+class RunFilesError(ValueError):
+    """A run folder's file that cannot be read; the message names it."""
+
+
+def load_run(run_dir: Path) -> tuple[list[dict], dict[str, Any], dict | str | None]:
+    """(metrics rows, config.json content or {}, saved split, or why it cannot be read, or None)."""
+    # Imported here: torch loads only when a run is plotted, not for --help.
+    from training.dashboards import load_splits
+    from training.metrics import read_jsonl
+
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: pass a run folder (runs/<run name>) of this project")
-    rows = read_jsonl(metrics)
+    try:
+        rows = read_jsonl(metrics)
+    except ValueError as err:
+        raise RunFilesError(f"{metrics} has a malformed line ({err})") from None
     info_path = run_dir / "config.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return rows, info, load_splits(run_dir)
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except ValueError as err:
+        raise RunFilesError(f"{info_path} is not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise RunFilesError(f"{info_path} holds a {type(info).__name__}, not the object a run writes")
+    try:
+        splits: dict | str | None = load_splits(run_dir)
+    except Exception as err:  # noqa: BLE001 - torch.load's errors on a damaged file vary (pickle, zip, EOF)
+        splits = f"{run_dir / 'splits.pt'} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    return rows, info, splits
 
 
 def make_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[list[Path], list[str]]:
@@ -259,7 +277,9 @@ def make_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[
         plot_split(rows, cfg, info.get("num_train"), out / "split.png", title),
     ]
     missing = []
-    if splits is not None:
+    if isinstance(splits, str):
+        missing.append(f"gmm.png: {splits}")
+    elif splits is not None:
         written.append(plot_gmm(splits, cfg, out / "gmm.png", title))
     else:
         missing.append(
@@ -274,9 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a run folder: runs/<run name> (holds metrics.jsonl)")
     parser.add_argument("--out", default="", help="where the PNGs go (empty: RUN_DIR/plots)")
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"error: --out {args.out}: is a file, not a folder; pass a folder (it is created)", file=sys.stderr)
+        return 2
     try:
         written, missing = make_plots(args.run_dir, args.out or None)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, RunFilesError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in written:

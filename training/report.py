@@ -10,15 +10,25 @@ paper's number and the difference to the accuracy the grid compares it with, the
 training labels, the final clean split's precision and recall (mean of the two nets), and the device hours
 (sum over epochs of the recorded epoch times, times the number of processes). Statistics are over finished
 seeds; the status column lists every unfinished cell with its progress, and a row whose cells have not started
-is still there. Run folders not made by a sweep are grouped by dataset, noise rate and method, and matched to
-the paper grid of their dataset.
+is still there. Run folders not made by a sweep are grouped by dataset, noise rate and method, and by the
+settings that change what a run measures (training subset, width, epochs, named in the row's setting where they
+differ from the paper's full run), and matched to the paper grid of their dataset. Smoke runs are left out
+unless ``--include_smoke``.
+
+A run counts once: a folder reached twice (a symlink, or named twice) and a copy of a run (same setting,
+method and seed: a backup) are reported once, with a warning; the more complete copy is kept. A folder that
+cannot be read (malformed config.json, summary.json or metrics.jsonl) is skipped with a warning naming it and
+why; the rest of the report is written. The report imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
+import json
+import logging
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -28,8 +38,20 @@ from typing import Any
 
 import numpy as np
 
-from training.grid import ACCURACIES, Cell, Grid, cell_state, load_grid, named_grids, read_json, read_manifest
-from training.metrics import read_jsonl
+from training.grid import (
+    ACCURACIES,
+    Cell,
+    Grid,
+    GridError,
+    cell_state,
+    format_value,
+    load_grid,
+    named_grids,
+    read_json,
+    read_manifest,
+)
+
+log = logging.getLogger("training.report")
 
 ACCURACY_NAMES = {"last": "last", "best": "best", "mean_last10": "mean of last 10", "at_best_val": "best-val weights"}
 
@@ -50,17 +72,58 @@ class CellResult:
     device: str = ""
 
 
+class BadRunFolder(ValueError):
+    """A run folder whose files cannot be read as a run's; the message says which file and why."""
+
+
+def _table(data: dict[str, Any], key: str, where: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise BadRunFolder(f"{where.name}: {key!r} is {type(value).__name__}, not an object")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRunFolder(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows; a torn line (a write cut short, a file being written) is skipped with a warning."""
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            log.warning("%s: skipping line %d (not a JSON object: a torn write?)", path, i)
+            continue
+        rows.append(row)
+    return rows
+
+
 def read_cell(cell: Cell, run_dir: Path) -> CellResult:
+    """What ``run_dir`` says about ``cell``; BadRunFolder when one of its files is malformed."""
     res = CellResult(cell, cell_state(run_dir))
+    if (run_dir / "config.json").exists() and read_json(run_dir / "config.json") is None:
+        raise BadRunFolder("config.json is not a JSON object")
     info = read_json(run_dir / "config.json") or {}
-    res.num_epochs = info.get("config", {}).get("num_epochs")
-    noise = info.get("noise", {})
+    config = _table(info, "config", Path("config.json"))
+    res.num_epochs = config.get("num_epochs")
+    noise = _table(info, "noise", Path("config.json"))
     res.noise_rate = noise.get("subset_realised_rate", noise.get("realised_rate"))  # of the labels trained on
-    env = info.get("environment", {})
-    res.device = env.get("gpu") or env.get("device", "")
-    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    env = _table(info, "environment", Path("config.json"))
+    res.device = str(env.get("gpu") or env.get("device", ""))
+    rows = read_rows(run_dir / "metrics.jsonl")
     res.epochs_done = len(rows)
-    res.hours = sum(r.get("time/epoch_s") or 0.0 for r in rows) * int(env.get("processes", 1)) / 3600.0
+    seconds = sum(_number(r.get("time/epoch_s") or 0.0, "metrics.jsonl time/epoch_s") for r in rows)
+    res.hours = seconds * _number(env.get("processes", 1), "config.json processes") / 3600.0
     split = next((r for r in reversed(rows) if "split/net1/precision" in r), None)
     if split is not None:
         nets = sorted({k.split("/")[1] for k in split if k.startswith("split/") and k.endswith("/precision")})
@@ -68,14 +131,16 @@ def read_cell(cell: Cell, run_dir: Path) -> CellResult:
         res.recall = _mean_of(split.get(f"split/{n}/recall") for n in nets)
     if res.state == "finished":
         summary = read_json(run_dir / "summary.json") or {}
-        res.acc = {k: float(v) for k, v in summary.get("test/acc", {}).items() if k in ACCURACIES}
-        if "test/acc" in summary.get("test_at_best_val", {}):
-            res.acc["at_best_val"] = float(summary["test_at_best_val"]["test/acc"])
+        acc = _table(summary, "test/acc", Path("summary.json"))
+        res.acc = {k: _number(v, f"summary.json test/acc {k}") for k, v in acc.items() if k in ACCURACIES}
+        at_best = _table(summary, "test_at_best_val", Path("summary.json"))
+        if "test/acc" in at_best:
+            res.acc["at_best_val"] = _number(at_best["test/acc"], "summary.json test_at_best_val")
     return res
 
 
-def _mean_of(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+def _mean_of(values: Iterable[Any]) -> float | None:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return float(np.mean(vals)) if vals else None
 
 
@@ -155,6 +220,7 @@ def build_report(grid: Grid, results: Sequence[CellResult]) -> GridReport:
 
 
 # ================================================================ inputs ======================================
+@functools.cache
 def _paper_grid_for(dataset: str) -> Grid | None:
     for name in named_grids():
         grid = load_grid(name)
@@ -163,42 +229,112 @@ def _paper_grid_for(dataset: str) -> Grid | None:
     return None
 
 
+# Settings that change what a run measures: runs that differ in one of them are not seeds of one row.
+RECIPE_KEYS = ("train_subset", "width", "num_epochs")
+_RECIPE_DEFAULTS = {"train_subset": 0, "width": 64, "num_epochs": 300}  # the paper's recipe: a full run
+
+
+def is_smoke(run_dir: Path) -> bool:
+    cfg = (read_json(run_dir / "config.json") or {}).get("config")
+    return isinstance(cfg, dict) and cfg.get("smoke") is True
+
+
 def cell_from_run(run_dir: Path) -> tuple[Grid, Cell]:
-    """A run folder made by hand as a cell: grouped by dataset, noise setting and method."""
-    cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
-    dataset, method, seed = cfg.get("dataset", "?"), cfg.get("method", "?"), int(cfg.get("seed", 0))
+    """A run folder made by hand as a cell: grouped by dataset, noise setting, method and recipe (subset,
+    width and epochs, in the label where they differ from the paper's full run)."""
+    info = read_json(run_dir / "config.json")
+    if info is None:
+        raise BadRunFolder("config.json is missing or not a JSON object")
+    cfg = _table(info, "config", Path("config.json"))
+    dataset, method, seed = str(cfg.get("dataset", "?")), str(cfg.get("method", "?")), cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BadRunFolder(f"config.json seed is {seed!r}, not an integer")
     if cfg.get("selection", "gmm") != "gmm":  # a row of its own, as in a grid: "instancegm+noise_rate"
         method = f"{method}+{cfg['selection']}"
-    setting = f"r={float(cfg['r']):g}" if cfg.get("noise_mode") != "real" or dataset.startswith("red") else ""
+    setting = ""
+    if cfg.get("noise_mode") != "real" or dataset.startswith("red"):
+        setting = f"r={format_value(_number(cfg.get('r'), 'config.json r'))}"
     if cfg.get("noise_mode") not in (None, "instance", "real"):
-        setting = f"{cfg['noise_mode']},{setting}" if setting else cfg["noise_mode"]
+        setting = f"{cfg['noise_mode']},{setting}" if setting else str(cfg["noise_mode"])
+    recipe = [f"{k}={cfg[k]}" for k in RECIPE_KEYS if k in cfg and cfg[k] != _RECIPE_DEFAULTS[k]]
+    if cfg.get("smoke") is True:
+        recipe.append("smoke")
     grid = _paper_grid_for(dataset) if cfg.get("noise_mode") in ("instance", "real") else None
     if grid is None:
         grid = Grid(name=dataset, script="", title=f"{dataset} (runs)")
     paper = grid.paper.get(method, {}).get(setting)
-    cell = Cell(grid.name, grid.script, (), setting, method, seed, paper)
-    return grid, cell
+    setting = ",".join([setting, *recipe]) if setting else ",".join(recipe)
+    return grid, Cell(grid.name, grid.script, (), setting, method, seed, paper)
 
 
-def collect(paths: Sequence[Path]) -> list[GridReport]:
-    """Sweep folders (with sweep.json) as they are; run folders (with config.json) grouped into grids."""
+def _completeness(res: CellResult) -> tuple[bool, int]:
+    return res.state == "finished", res.epochs_done
+
+
+def _read_or_skip(cell: Cell, run_dir: Path) -> CellResult | None:
+    try:
+        return read_cell(cell, run_dir)
+    except (BadRunFolder, OSError) as err:
+        log.warning("skipping %s: %s", run_dir, err)
+        return None
+
+
+def collect(paths: Sequence[Path], include_smoke: bool = False) -> list[GridReport]:
+    """Sweep folders (with sweep.json) as they are; run folders (with config.json) grouped into grids.
+
+    Each run folder counts once (by its resolved path, then by grid, setting, method and seed); a folder that
+    cannot be read is skipped with a warning."""
     reports: list[GridReport] = []
-    loose: dict[str, tuple[Grid, list[CellResult]]] = {}
+    loose: dict[str, tuple[Grid, dict[tuple[str, str, int], tuple[Path, CellResult]]]] = {}
+    seen: set[Path] = set()
     for path in paths:
-        manifest = read_manifest(path)
+        try:
+            manifest = read_manifest(path)
+        except (GridError, KeyError, TypeError, ValueError) as err:
+            log.warning("skipping %s: its sweep.json cannot be read (%s)", path / "sweep.json", err)
+            continue
         if manifest is not None:
             grid, cells = manifest
-            reports.append(build_report(grid, [read_cell(c, path / c.name) for c in cells]))
+            results = [_read_or_skip(c, path / c.name) for c in cells]
+            seen.update((path / c.name).resolve() for c in cells)
+            reports.append(build_report(grid, [r for r in results if r is not None]))
             continue
         run_dirs = [path] if (path / "config.json").exists() else sorted(p.parent for p in path.glob("*/config.json"))
         if not run_dirs:
             raise SystemExit(f"error: {path}: no sweep.json, config.json or run folders below it")
         for run_dir in run_dirs:
-            grid, cell = cell_from_run(run_dir)
-            loose.setdefault(grid.name, (grid, []))[1].append(read_cell(cell, run_dir))
-    for grid, results in loose.values():
-        results.sort(key=lambda r: (r.cell.setting, r.cell.method, r.cell.seed))
+            real = run_dir.resolve()
+            if real in seen:
+                log.warning("%s: the same folder as one already counted (a link or a repeated path); counted once",
+                            run_dir)  # fmt: skip
+                continue
+            seen.add(real)
+            if is_smoke(run_dir) and not include_smoke:
+                log.info("leaving out the smoke run %s (--include_smoke shows it)", run_dir)
+                continue
+            try:
+                grid, cell = cell_from_run(run_dir)
+            except (BadRunFolder, OSError) as err:
+                log.warning("skipping %s: %s", run_dir, err)
+                continue
+            res = _read_or_skip(cell, run_dir)
+            if res is None:
+                continue
+            runs = loose.setdefault(grid.name, (grid, {}))[1]
+            key = (cell.setting, cell.method, cell.seed)
+            if key in runs:
+                other, kept = runs[key]
+                if _completeness(res) > _completeness(kept):
+                    other, runs[key] = run_dir, (run_dir, res)
+                log.warning("%s and %s are the same run (%s, %s, seed %d: a copy?); counted once, %s kept",
+                            other, run_dir, cell.setting or "-", cell.method, cell.seed, runs[key][0])  # fmt: skip
+                continue
+            runs[key] = (run_dir, res)
+    for grid, runs in loose.values():
+        results = sorted((res for _, res in runs.values()), key=lambda r: (r.cell.setting, r.cell.method, r.cell.seed))
         reports.append(build_report(grid, results))
+    if not reports:
+        raise SystemExit("error: no run folder could be read (see the warnings above)")
     return reports
 
 
@@ -214,8 +350,9 @@ def _fmt_hours(hours: float) -> str:
 
 
 def _hours_unit(report: GridReport) -> str:
+    """GPU hours on GPUs; on CPUs the same sum is wall-clock hours (epoch times x processes), not core-hours."""
     devices = {c.device for r in report.rows for c in r.cells if c.device}
-    return "CPU h" if devices and all(d.startswith("cpu") for d in devices) else "GPU h"
+    return "CPU wall h" if devices and all(d.startswith("cpu") for d in devices) else "GPU h"
 
 
 def markdown(report: GridReport) -> str:
@@ -319,10 +456,17 @@ def main(argv: Sequence[str] | None = None) -> list[GridReport]:
     p = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, help="sweep folders, run folders, or folders of run folders")
     p.add_argument("--out", type=Path, help="where report.{md,csv,png} go (default: the sweep folder, or ./report)")
+    p.add_argument("--include_smoke", action="store_true", help="report smoke runs too (left out by default)")
     args = p.parse_args(argv)
-    reports = collect([path.resolve() for path in args.paths])
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     single_sweep = len(args.paths) == 1 and (args.paths[0] / "sweep.json").exists()
     out = args.out or (args.paths[0] if single_sweep else Path("report"))
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out}: is a file, not a folder; pass a folder (it is created)")
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise SystemExit(f"error: no such folder: {', '.join(missing)}")
+    reports = collect([path.resolve() for path in args.paths], include_smoke=args.include_smoke)
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(markdown(r) for r in reports)
     (out / "report.md").write_text(text)
