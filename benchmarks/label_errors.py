@@ -159,6 +159,7 @@ def train_ce(cfg: Config, data, images: np.ndarray, labels: np.ndarray, device: 
                 group["lr"] = lr
             peer.net.train()
             for x, y, _ in module.warmup_loader(2 * cfg.batch_size):
+                x, y = x.to(device), y.to(device)
                 loss, _ = dividemix.warmup_loss(peer.net(x), y, cfg.warmup_penalty)
                 peer.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -341,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = QUICK_ROWS if args.quick else ROWS
     detectors = [d for d, row in DETECTORS.items() if row is None or row in rows]
     retrain_tools = QUICK_RETRAIN_TOOLS if args.quick else RETRAIN_TOOLS
-    device = torch.device(args.device if args.device != "auto" else "cpu")
+    from training.runtime import resolve_device
+
+    device = resolve_device(args.device)
     started = datetime.now(timezone.utc)
     with fmnist_idn.LoadMonitor() as load:
         configs = {

@@ -254,6 +254,7 @@ def test_predict_writes_relabel_drop_pred_probs_and_the_contact_sheet(tiny_run, 
 
     # --drop: the CSV indices of the samples not flagged
     indices = np.array([int(r["index"]) for r in rows])
+    assert (np.diff(indices) > 0).all()  # the rows (and so pred_probs' rows) follow the dataset index
     assert np.array_equal(np.load(files["drop"]), indices[~flagged])
 
     # --relabel round-trips through --noise_file: the follow-up run's labels are the corrected ones, the same images
