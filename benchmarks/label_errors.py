@@ -30,7 +30,9 @@ Every piece is cached under ``<results_dir>/label_errors/``: engine runs are ord
 ``<run>/label_scores.npz``, each fold into ``kfold_r<rate>_seed<s>/fold<k>.npz`` and each retrain into
 ``retrain_r<rate>_seed<s>/<variant>.json``, so an interrupted table continues where it stopped. Writes
 ``label_errors.md``, ``label_errors.json`` and ``label_errors.png`` (precision-recall curves, one panel per rate)
-into ``--results_dir`` (``label_errors_quick.*`` with ``--quick``).
+into ``--results_dir`` (``label_errors_quick.*`` with ``--quick``). ``--jobs`` parallelises the engine runs only;
+the folds and retrains of one invocation run one after the other, so several invocations with different
+``--seeds`` can share a machine and a results folder, and a last one with all seeds writes the whole table.
 """
 
 from __future__ import annotations
@@ -180,30 +182,38 @@ def ensemble_probs(nets, images: np.ndarray, device: torch.device, batch_size: i
     return torch.cat(out).numpy()
 
 
-def kfold_probs(cfg: Config, data, folds: int, fold_dir: Path, device: torch.device) -> tuple[np.ndarray, float]:
-    """Out-of-sample probabilities of every training image (K-fold, stratified by the noisy label) and minutes."""
+def kfold_probs(cfg: Config, data, folds: int, fold_dir: Path, device: torch.device):
+    """(out-of-sample probabilities of every training image, the labels the folds trained on, seconds).
+
+    K-fold, stratified by the noisy label; each fold is cached, and when all are the dataset is not read.
+    """
     from sklearn.model_selection import StratifiedKFold
 
-    images, noisy = data()._np_train, data().noisy_labels.numpy()
-    probs, seconds = np.zeros((len(noisy), cfg.num_classes), dtype=np.float32), 0.0
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=cfg.seed)
-    for k, (train_idx, held_idx) in enumerate(splitter.split(np.zeros(len(noisy)), noisy)):
-        cache = fold_dir / f"fold{k}.npz"
-        if not cache.exists():
+    caches = [fold_dir / f"fold{k}.npz" for k in range(folds)]
+    if not all(c.exists() for c in caches):
+        images, noisy = data()._np_train, data().noisy_labels.numpy()
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=cfg.seed)
+        for k, (train_idx, held_idx) in enumerate(splitter.split(np.zeros(len(noisy)), noisy)):
+            if caches[k].exists():
+                continue
             t0 = time.perf_counter()
             nets = train_ce(cfg, data(), images[train_idx], noisy[train_idx], device, cfg.seed * 100 + k)
             held = ensemble_probs(nets, images[held_idx], device)
-            np.savez(cache, held_idx=held_idx, probs=held, seconds=time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            np.savez(caches[k], held_idx=held_idx, labels=noisy[held_idx], probs=held, seconds=seconds)
             log.info("%s fold %d/%d done", fold_dir.name, k + 1, folds)
-        saved = np.load(cache)
-        probs[saved["held_idx"]] = saved["probs"]
-        seconds += float(saved["seconds"])
-    return probs, seconds
+    saved = [np.load(c) for c in caches]
+    num = sum(len(f["held_idx"]) for f in saved)
+    probs = np.zeros((num, cfg.num_classes), dtype=np.float32)
+    labels = np.full(num, -1, dtype=np.int64)
+    for f in saved:
+        probs[f["held_idx"]], labels[f["held_idx"]] = f["probs"], f["labels"]
+    return probs, labels, sum(float(f["seconds"]) for f in saved)
 
 
 # ================================================================ detectors ==================================
-def detect(name: str, scores: dict[str, dict], kfold: tuple[np.ndarray, float] | None) -> dict[str, Any]:
+def detect(name: str, scores: dict[str, dict], kfold: tuple[np.ndarray, float]) -> dict[str, Any]:
     """(score, flagged, relabel prediction, seconds) of one detector."""
     if name == "cleanlab_kfold":
         base = scores["ce"]
@@ -368,6 +378,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 data = _lazy(lambda cfg=ce_cfg: fmnist_data(cfg, device))  # read only when a piece is not cached
                 kfold = kfold_probs(ce_cfg, data, args.folds, cells_dir / f"kfold_r{rate:g}_seed{seed}", device)
                 truth = scores["ce"]
+                for what, given in [(row, scores[row]["given"]) for row in rows] + [("K-fold", kfold[1])]:
+                    if not np.array_equal(given, truth["given"]):  # the comparison is void on other labels
+                        raise SystemExit(f"{what} at r={rate:g} seed {seed} scored other labels than the ce run")
+                kfold = (kfold[0], kfold[2])
                 wrong = truth["given"] != truth["true"]
                 found = {}
                 for det in detectors:
