@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,6 +58,25 @@ def resolve_pipeline(cfg) -> str:
     return "device" if cfg.data_pipeline == "auto" else cfg.data_pipeline
 
 
+def _label_file(path_str: str, num_samples: int, num_classes: int) -> np.ndarray:
+    """A user's label file for a real-noise dataset: one label in [0, K) per training sample, in index order."""
+    import tools
+
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise DataConfigError(f"--noise_file {path_str}: no such file")
+    try:
+        labels = tools.load_label_file(path)
+    except ValueError as err:
+        raise DataConfigError(str(err)) from err
+    if labels.shape != (num_samples,) or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise DataConfigError(
+            f"--noise_file {path_str} holds {labels.size} labels; the training set needs {num_samples}, each in "
+            f"[0, {num_classes}): pass the file predict --relabel wrote for this run"
+        )
+    return np.asarray(labels, dtype=np.int64)
+
+
 def build_in_memory(cfg, device: torch.device | str, data: ArrayDataset) -> InMemoryDataModule:
     check_num_classes(cfg, data.name, data.num_classes)
     train_labels = np.asarray(data.train_labels, dtype=np.int64)
@@ -76,20 +96,22 @@ def build_in_memory(cfg, device: torch.device | str, data: ArrayDataset) -> InMe
             raise DataConfigError(
                 f"--noise_mode {cfg.noise_mode}: {data.name} has real noisy labels; pass --noise_mode real"
             )
-        clean, noisy = None, train_labels
+        clean, noisy, path = None, train_labels, None
+        if cfg.noise_file:  # corrected labels (predict --relabel) in place of the dataset's own
+            noisy, path = _label_file(cfg.noise_file, len(train_labels), data.num_classes), cfg.noise_file
         sha, sha_of = label_digest(None, noisy)
         info = {
             "mode": "real",
             "rate": None,
             "seed": None,
-            "file": None,
+            "file": path,
             "created": False,
             "sha256": sha,
             "sha256_of": sha_of,
         }
 
-    keep = select_subset(
-        noisy if clean is None else clean, cfg.train_subset, data.num_classes, cfg.balanced_subset, not cfg.smoke
+    keep = select_subset(  # by the dataset's own labels, so a relabelled run trains on the same images
+        train_labels if clean is None else clean, cfg.train_subset, data.num_classes, cfg.balanced_subset, not cfg.smoke
     )
     images = data.train_images
     if len(keep) < len(noisy):  # the subset keeps the full-set noisy labels

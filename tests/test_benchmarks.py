@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import fmnist_idn, fp32_accuracy, throughput
+from benchmarks import fmnist_idn, fp32_accuracy, label_errors, throughput
 from training import Config
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -186,3 +186,41 @@ def test_fp32_accuracy_skips_channels_last_where_onednn_breaks_it(capsys):
     assert rows[0]["option"] == "contiguous" and "grad_rel_l2_err" in rows[0]
     assert rows[1]["option"] == "channels_last" and "uxlfoundation/oneDNN#6035" in rows[1]["skipped"]
     assert "| channels_last | 0 | skipped: --channels_last on the CPU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_label_errors_quick_writes_tables_and_plot_and_caches_every_piece(tmp_path, capsys):
+    report = label_errors.main(["--quick", "--results_dir", str(tmp_path)])
+    cells = tmp_path / "label_errors_quick"
+    noise = json.loads((cells / "r0.4_instancegm" / "config.json").read_text())["noise"]
+    detection = report["detection"]
+    assert [r["detector"] for r in detection] == [
+        "instancegm",
+        "cleanlab_kfold",
+        "cleanlab_instancegm",
+        "ce_small_loss",
+    ]
+    for r in detection:  # the same 200 images and noisy labels for every detector
+        assert r["truly_wrong"] == round(200 * noise["subset_realised_rate"])
+        assert 0 <= r["auroc"] <= 1 and 0 <= r["ap"] <= 1 and 0 < r["flagged"] <= 200 and r["seconds"] > 0
+    variants = [r["variant"] for r in report["retrain"]]
+    assert variants[0] == "noisy labels" and len(variants) == 5
+    assert report["retrain"][0]["label_noise"] == pytest.approx(noise["subset_realised_rate"])
+    assert (cells / "r0.4_instancegm" / "label_scores.npz").exists()
+    assert len(list((cells / "kfold_r0.4_seed1").glob("fold*.npz"))) == 2  # --quick: K = 2
+    out = capsys.readouterr().out
+    assert (
+        "| 40% | cleanlab_kfold | 1 |" in out
+        and report["table_markdown"] in (tmp_path / "label_errors_quick.md").read_text()
+    )
+    assert (tmp_path / "label_errors_quick.png").stat().st_size > 10_000
+
+    # Rerun: nothing is trained again but the one piece deleted, and the numbers are the same.
+    (cells / "retrain_r0.4_seed1" / "noisy.json").unlink()
+    again = label_errors.main(["--quick", "--results_dir", str(tmp_path)])
+    assert "0 of 2 engine runs to train" in capsys.readouterr().out
+    assert again["detection"] == detection and [r["test_acc"] for r in again["retrain"]] == [
+        r["test_acc"] for r in report["retrain"]
+    ]
+    assert len(json.loads((tmp_path / "label_errors_quick.json").read_text())["invocations"]) == 2

@@ -70,6 +70,7 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
         ("training.plot", ["RUN"]),
         ("training.predict", ["CKPT"]),
         ("benchmarks.fmnist_idn", []),
+        ("benchmarks.label_errors", []),
         ("benchmarks.throughput", []),
     ],
 )

@@ -228,6 +228,63 @@ def test_predict_on_the_training_set_flags_suspects(tiny_run, tmp_path, capsys):
     assert "suspect labels" in capsys.readouterr().out
 
 
+def test_predict_writes_relabel_drop_pred_probs_and_the_contact_sheet(tiny_run, tmp_path, capsys):
+    from dataloaders import build_data
+    from training import suspects
+    from training.config import Config
+
+    files = {name: tmp_path / f"{name}.npy" for name in ("relabel", "drop", "pred_probs")}
+    out = tmp_path / "review" / "pred.csv"
+    argv = [str(tiny_run / "checkpoint.pt"), "--out", str(out), "--sheet", "12"]
+    assert predict.main(argv + [a for name, path in files.items() for a in (f"--{name}", str(path))]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))  # unsorted: index order
+    given = np.array([int(r["given_label"]) for r in rows])
+    flagged = np.array([r["suspect"] == "1" for r in rows])
+    assert 0 < flagged.sum() < 200 and f"summary: {flagged.sum()} of 200 flagged" in printed
+    for path in [*files.values(), out.parent / "suspects.png"]:
+        assert f"wrote {path}" in printed
+
+    # pred_probs: N x K, rows sum to 1, row i is the CSV's row i (its prediction and its prob_given)
+    probs = np.load(files["pred_probs"])
+    assert probs.shape == (200, 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.array_equal(probs.argmax(1), [int(r["predicted"]) for r in rows])
+    np.testing.assert_allclose(probs[np.arange(200), given], [float(r["prob_given"]) for r in rows], atol=2e-6)
+
+    # --drop: the CSV indices of the samples not flagged
+    indices = np.array([int(r["index"]) for r in rows])
+    assert (np.diff(indices) > 0).all()  # the rows (and so pred_probs' rows) follow the dataset index
+    assert np.array_equal(np.load(files["drop"]), indices[~flagged])
+
+    # --relabel round-trips through --noise_file: the follow-up run's labels are the corrected ones, the same images
+    relabel = np.load(files["relabel"])
+    assert relabel.shape == (60_000,) and relabel.dtype == np.int64
+    corrected = np.where(flagged, [int(r["predicted"]) for r in rows], given)
+    cfg = Config.from_dict(json.loads((tiny_run / "config.json").read_text())["config"])
+    again = build_data(cfg.replace(noise_file=str(files["relabel"]), device="cpu"), "cpu")
+    assert np.array_equal(again.dataset_indices, indices)
+    assert np.array_equal(again.noisy_labels.numpy(), corrected)
+    assert np.array_equal(again.clean_labels.numpy(), [int(r["true_label"]) for r in rows])  # truth still known
+    assert not np.array_equal(corrected, given)
+
+    # the contact sheet: 12 captioned tiles on an 8 x 2 grid, the 4 places left blank
+    sheet = np.asarray(Image.open(out.parent / "suspects.png").convert("L"))
+    w, h = suspects.TILE + 2 * suspects.PAD, suspects.TILE + suspects.CAPTION + 2 * suspects.PAD
+    assert suspects.sheet_grid(12) == (8, 2) and sheet.shape == (2 * h, 8 * w)
+    tiles = [sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] for r in range(2) for c in range(8)]
+    assert all((t < 128).sum() > 50 for t in tiles[:12]) and all((t == 255).all() for t in tiles[12:])
+
+
+def test_predict_refuses_bad_label_file_options_before_scoring(tiny_run, tmp_path, capsys):
+    ckpt = str(tiny_run / "checkpoint.pt")
+    assert predict.main([ckpt, "--relabel", str(tmp_path / "labels.csv")]) == 2
+    assert "must end in .npy" in capsys.readouterr().err
+    assert predict.main([ckpt, "--data_path", str(tmp_path), "--relabel", str(tmp_path / "r.npy")]) == 2
+    assert "use --split train" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- your own images --------------------------
 def _write_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> None:
     """Small PNGs of various sizes and modes; each class has its own colour so a net can learn it."""
@@ -283,6 +340,21 @@ def test_imagefolder_trains_and_predict_scores_a_folder(image_folder, tmp_path, 
     assert len(rows) == 36 and all(Path(r["path"]).parent.parent == image_folder / "train" for r in rows)
     given = {Path(r["path"]).parent.name for r in rows if r["given_class"] == "dog"}
     assert given == {"dog"}
+
+    # Your own folder: --relabel gives the labels a follow-up run of the same folder takes with --noise_file.
+    from dataloaders import build_data
+
+    relabel = tmp_path / "relabel.npy"
+    assert predict.main([ckpt, "--relabel", str(relabel), "--sheet", "0", "--out", str(tmp_path / "t.csv")]) == 0
+    corrected = np.load(relabel)
+    expected = [r["predicted"] if r["suspect"] else r["given_label"] for r in rows]  # the rows of predict()
+    assert np.array_equal(corrected, expected)
+    cfg = instanceGM.PRESETS["imagefolder"].replace(data_path=str(image_folder), num_classes=3)
+    again = build_data(cfg.replace(noise_file=str(relabel)), "cpu")
+    assert np.array_equal(again.noisy_labels.numpy(), corrected)
+    np.save(tmp_path / "short.npy", corrected[:5])
+    with pytest.raises(DataConfigError, match="holds 5 labels; the training set needs 36"):
+        build_data(cfg.replace(noise_file=str(tmp_path / "short.npy")), "cpu")
 
 
 def test_imagefolder_checks(image_folder, tmp_path):

@@ -77,7 +77,11 @@ class Config:
         NOISE_MODES,
     )
     r: float = opt(0.5, "synthetic noise rate (original flag --r; --noise_rate under torchrun); Red: the split")
-    noise_file: str = opt("", "explicit label file: CIFAR-N .pt (--noise_mode human) or a saved noisy-label array")
+    noise_file: str = opt(
+        "",
+        "explicit label file: CIFAR-N .pt (--noise_mode human), a saved noisy-label array, or the corrected labels "
+        "of predict --relabel (also with --noise_mode real)",
+    )
     noise_key: str = opt(
         "", "key inside a CIFAR-N .pt dict (empty: worse_label for CIFAR-10, noisy_label for CIFAR-100)"
     )

@@ -148,8 +148,12 @@ def predict(
     batch_size: int = 256,
     device: str = "auto",
     p_threshold: float | None = None,
+    arrays: dict | None = None,
 ) -> tuple[list[dict], dict]:
-    """The CSV rows (see the module docstring) and a summary dict."""
+    """The CSV rows (see the module docstring) and a summary dict.
+
+    ``arrays``: a dict filled with what the label files and the contact sheet need (``training/suspects.py``).
+    """
     from training.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -221,6 +225,7 @@ def predict(
     if given is not None:
         summary["suspects"] = sum(r["suspect"] for r in rows)
         summary["agreement"] = float((predicted.numpy() == np.asarray(given)).mean())
+        summary["estimated_noise_rate"] = float((1 - clean).mean())  # expected share of wrong labels under the GMM
     if true is not None and given is not None:
         from training.metrics import split_quality
 
@@ -235,7 +240,79 @@ def predict(
             auc=quality["auc"],
             accuracy_vs_true=float((predicted.numpy() == true).mean()),
         )
+    if arrays is not None:
+        base = None
+        if split == "train" and (getattr(data, "noise_info", None) or {}).get("file"):
+            import tools
+
+            base = tools.load_label_file(data.noise_info["file"])
+        arrays.update(
+            split=split,
+            probs=probs.numpy(),
+            predicted=predicted.numpy(),
+            given=None if given is None else np.asarray(given, dtype=np.int64),
+            clean_prob=None if clean is None else clean.numpy(),
+            suspect=None if clean is None else np.array([r["suspect"] == 1 for r in rows]),
+            index=np.array([r["index"] for r in rows]),
+            dataset_index=None if dataset_index is None else np.asarray(dataset_index),
+            base_labels=base,
+            images=getattr(data, "_np_train", None) if split == "train" else images,  # uint8 (N, H, W, C)
+            paths=paths,
+            classes=names,
+        )
     return rows, summary
+
+
+def write_label_files(
+    arrays: dict,
+    *,
+    relabel: str = "",
+    drop: str = "",
+    pred_probs: str = "",
+    sheet: int = 0,
+    sheet_path: str | Path = "suspects.png",
+) -> list[Path]:
+    """The files of ``training/suspects.py`` asked for; returns the paths written."""
+    from training import suspects
+
+    written = []
+    if pred_probs:
+        written.append(suspects.save_npy(pred_probs, arrays["probs"].astype(np.float32)))
+    if arrays["given"] is None:
+        if relabel or drop or sheet:
+            log.info("unlabelled images: no --relabel, --drop or contact sheet")
+        return written
+    flagged = arrays["suspect"]
+    if relabel:
+        if arrays["split"] != "train":
+            raise ValueError("--relabel writes the run's training labels: use --split train (the default)")
+        corrected = suspects.corrected_labels(arrays["given"], arrays["predicted"], flagged)
+        vector = suspects.noise_file_vector(corrected, arrays["dataset_index"], arrays["base_labels"])
+        written.append(suspects.save_npy(relabel, vector))
+    if drop:
+        written.append(suspects.save_npy(drop, arrays["index"][~flagged].astype(np.int64)))
+    if sheet > 0:
+        top = np.argsort(arrays["clean_prob"], kind="stable")[:sheet]
+        names = arrays["classes"] or [str(k) for k in range(arrays["probs"].shape[1])]
+        if arrays["images"] is not None:
+            images = [arrays["images"][i] for i in top]
+        elif all(arrays["paths"][i] for i in top):
+            from PIL import Image
+
+            images = [np.asarray(Image.open(arrays["paths"][i]).convert("RGB")) for i in top]
+        else:
+            log.info("no images to show: contact sheet skipped")
+            return written
+        written.append(
+            suspects.contact_sheet(
+                images,
+                [names[int(arrays["given"][i])] for i in top],
+                [names[int(arrays["predicted"][i])] for i in top],
+                [float(arrays["clean_prob"][i]) for i in top],
+                sheet_path,
+            )
+        )
+    return written
 
 
 def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
@@ -272,12 +349,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--relabel",
+        default="",
+        help="write FILE.npy: the given labels with flagged ones replaced by the prediction, the format "
+        "--noise_file takes (retrain with --noise_file FILE.npy and the same data settings)",
+    )
+    parser.add_argument("--drop", default="", help="write FILE.npy: the indices (CSV 'index') of the samples kept")
+    parser.add_argument(
+        "--pred_probs", default="", help="write FILE.npy: the ensemble's N x K class probabilities, rows in index order"
+    )
+    parser.add_argument(
+        "--sheet", type=int, default=32, help="the N most suspect images in suspects.png beside --out (0: none)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from dataloaders.base import DataConfigError, DatasetNotFoundError
+    from training import suspects
     from training.config import ConfigError
 
+    arrays: dict = {}
     try:
+        for path in (args.relabel, args.drop, args.pred_probs):
+            if path:
+                suspects.check_npy(path)
+        if args.relabel and (args.split or ("folder" if args.data_path else "train")) != "train":
+            raise ValueError("--relabel writes the run's training labels: use --split train")
+        if args.sheet < 0:
+            raise ValueError(f"--sheet {args.sheet}: the number of images must be >= 0")
         rows, summary = predict(
             args.checkpoint,
             data_path=args.data_path,
@@ -285,6 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             p_threshold=args.p_threshold,
+            arrays=arrays,
+        )
+        files = write_label_files(
+            arrays,
+            relabel=args.relabel,
+            drop=args.drop,
+            pred_probs=args.pred_probs,
+            sheet=args.sheet,
+            sheet_path=Path(args.out).parent / "suspects.png",
         )
     except (ckpt_lib.CheckpointError, ConfigError, DataConfigError, DatasetNotFoundError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -302,6 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{100 * summary['suspect_recall']:.1f}% of them with precision {100 * summary['suspect_precision']:.1f}% "
             f"(AUC {summary['auc']:.3f}); ensemble accuracy {100 * summary['accuracy_vs_true']:.2f}%"
         )
+    if "estimated_noise_rate" in summary:
+        print(
+            f"summary: {summary['suspects']} of {summary['rows']} flagged; estimated noise rate "
+            f"{100 * summary['estimated_noise_rate']:.1f}% (mean of 1 - clean_prob)"
+        )
+    for path in files:
+        print(f"wrote {path}")
     return 0
 
 
