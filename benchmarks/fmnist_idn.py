@@ -47,6 +47,7 @@ import instanceGM  # noqa: E402
 from training import Config, main_run  # noqa: E402
 from training.config import HelpFormatter  # noqa: E402
 from training.grid import split_row as split_method  # noqa: E402  (a row name -> (engine method, selection))
+from training.launch import StdoutHandler  # noqa: E402
 from training.metrics import read_jsonl  # noqa: E402
 from training.report import mean_sd  # noqa: E402
 
@@ -452,7 +453,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not log.handlers:  # the engine logs through the root logger; this script's lines go their own way
-        handler = logging.StreamHandler(sys.stdout)
+        handler = StdoutHandler()  # sys.stdout at each line: tests swap it between calls
         handler.setFormatter(logging.Formatter("%(asctime)s [benchmark] %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -58,6 +58,7 @@ import torch  # noqa: E402
 from benchmarks import fmnist_idn  # noqa: E402
 from training import detection  # noqa: E402
 from training.config import Config, HelpFormatter  # noqa: E402
+from training.launch import StdoutHandler  # noqa: E402
 from training.metrics import read_jsonl  # noqa: E402
 
 log = logging.getLogger("benchmarks")
@@ -339,7 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = StdoutHandler()  # sys.stdout at each line: tests swap it between calls
         handler.setFormatter(logging.Formatter("%(asctime)s [benchmark] %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

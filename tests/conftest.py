@@ -58,6 +58,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     _isolated_outcome(pyfuncitem.nodeid, rc, output)
     return True
 
+
 # One marked CIFAR pixel per channel of the first training image, (channel, row, col) -> value, so a
 # transposition or channel mix-up moves it.
 CIFAR_MARKERS = {(0, 1, 5): 255, (2, 30, 0): 200}

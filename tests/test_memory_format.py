@@ -35,7 +35,7 @@ def test_only_strided_one_by_one_convolutions_with_few_channels_count():
     assert channels_last_hazard(nn.Sequential(nn.Conv2d(4, 8, 1, stride=(1, 2)))) == "0 (4 -> 8, 1x1, stride 1x2)"
 
 
-CRASHING_TESTS = '''
+CRASHING_TESTS = """
 import os
 import signal
 
@@ -59,7 +59,7 @@ def test_isolated_skip():
 
 def test_after_the_crash():
     assert True
-'''
+"""
 
 
 def test_a_native_crash_in_an_isolated_test_fails_that_test_only(tmp_path):

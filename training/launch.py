@@ -59,7 +59,7 @@ def apply_smoke(cfg: Config) -> Config:
 SMOKE_BUDGET = {32: (16, 256, 256), 64: (8, 128, 128), 224: (2, 256, 16)}
 
 
-class _StdoutHandler(logging.StreamHandler):
+class StdoutHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` is now (not the one at set-up: tests and notebooks swap it)."""
 
     @property
@@ -75,7 +75,7 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
     """Console log (and ``run_dir/log.txt``); ``quiet`` (ranks other than 0) keeps warnings only."""
     root = logging.getLogger()
     if not any(getattr(h, "_instancegm", False) for h in root.handlers):
-        handler = _StdoutHandler()
+        handler = StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._instancegm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
