@@ -29,7 +29,9 @@ distribution is the same in both pipelines (tested).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -304,6 +306,29 @@ class NoisyDataModule:
         self.generator.set_state(state["generator"])
         if "aug_generator" in state and self.aug_generator is not self.generator:
             self.aug_generator.set_state(state["aug_generator"])
+
+    def identity(self) -> dict[str, str]:
+        """Digests of what the run trains on, stored in every checkpoint so a resume on other data is refused.
+
+        ``train_labels``: the training labels in index order (a noise file rewritten in place, another subset or
+        another label file changes it). ``train_files`` (datasets read from files, e.g. image folders): each
+        training file's path below ``data_root`` and its size, in index order, so added, removed or renamed
+        images, which move every index to another file, are seen. Sizes, not modification times: a copy of the
+        folder on another node (a requeued job) is the same data.
+        """
+        digest = {"train_labels": hashlib.sha256(self.noisy_labels.numpy().astype("<i8").tobytes()).hexdigest()[:16]}
+        paths = getattr(self, "train_paths", None)
+        if paths:
+            root = getattr(self, "data_root", "") or os.path.commonpath(paths)
+            listing = hashlib.sha256()
+            for path in paths:
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    size = -1  # gone since it was decoded: it still counts as a change of the listing
+                listing.update(f"{os.path.relpath(path, root)}\t{size}\n".encode())
+            digest["train_files"] = listing.hexdigest()[:16]
+        return digest
 
 
 def _long(labels) -> Tensor | None:

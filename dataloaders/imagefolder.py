@@ -246,5 +246,6 @@ def build_imagefolder(cfg, device: torch.device | str = "cpu") -> InMemoryDataMo
     module = build_in_memory(cfg, device, data)
     module.noise_info.update(info)
     module.train_paths = [str(p) for p in train_paths]
+    module.data_root = str(Path(cfg.data_path).expanduser())
     module.test_paths = [str(p) for p in test_paths]
     return module

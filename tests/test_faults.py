@@ -23,6 +23,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -223,6 +224,44 @@ def test_resume_with_other_samples_or_labels_is_refused(base, reference, capsys,
     assert _run(base, "reference", "--resume", "auto", *extra) == 2
     assert needle in _one_line(capsys)
     assert (reference / "metrics.jsonl").read_bytes() == before
+
+
+@needs_fmnist
+def test_resume_with_changed_hyper_parameters_needs_allow_config_change(base, reference, capsys):
+    run = base / "runs" / "changed"
+    shutil.copytree(reference, run)  # the finished 3-epoch run, to be extended
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    changes = ("--lr", "0.04", "--lambda_u", "0", "--p_threshold", "0.9", "--num_epochs", "4")
+    assert _run(base, "changed", "--resume", "auto", *changes) == 2
+    err = _one_line(capsys)
+    assert "lr: checkpoint 0.05 vs now 0.04" in err and "lambda_u: checkpoint 25.0 vs now 0.0" in err
+    assert "p_threshold" in err and "num_epochs" not in err and "--allow_config_change" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.json is not rewritten
+
+    assert _run(base, "changed", "--resume", "auto", *changes, "--allow_config_change") == 0
+    info = json.loads((run / "config.json").read_text())
+    history = info["config_history"]
+    assert [h["first_epoch"] for h in history] == [1, 4]
+    assert (history[0]["config"]["lr"], history[1]["config"]["lr"], info["config"]["lr"]) == (0.05, 0.04, 0.04)
+    assert history[1]["changed"] == {
+        "lambda_u": [25.0, 0.0],
+        "lr": [0.05, 0.04],
+        "num_epochs": [3, 4],
+        "p_threshold": [0.5, 0.9],
+    }
+    assert _epochs(run) == [0, 1, 2, 3]
+    assert torch.load(run / ckpt_lib.FILENAME, weights_only=True)["config_history"] == history  # travels on
+
+
+@needs_fmnist
+def test_resume_on_a_label_file_rewritten_in_place_is_refused(base, reference, capsys):
+    labels = base / "user_labels.npy"
+    shutil.copy(next((base / "noise").glob("*.npy")), labels)
+    assert _run(base, "user_labels", "--noise_file", str(labels), "--num_epochs", "2") == 0
+    np.save(labels, (np.load(labels) + 1) % 10)  # same file, other labels
+    assert _run(base, "user_labels", "--noise_file", str(labels), "--resume", "auto") == 2
+    err = _one_line(capsys)
+    assert "was trained on other data: the training labels" in err and "the training files" not in err
 
 
 def test_balanced_subset_and_noise_seed_must_match():

@@ -379,6 +379,46 @@ def test_imagefolder_checks(image_folder, tmp_path):
     assert exit_info.value.code == 2  # "--num_class 10 but imagefolder has 3 classes: pass --num_class 3"
 
 
+def test_resume_on_other_images_is_refused_naming_what_changed(image_folder, tmp_path, capsys):
+    argv = [
+        "--dataset", "imagefolder", "--data_path", str(image_folder), "--num_class", "3", "--width", "8",
+        "--batch_size", "8", "--num_epochs", "2", "--warm_up", "1", "--method", "dividemix", "--num_workers", "0",
+        "--output_dir", str(tmp_path / "runs"), "--run_name", "pets",
+    ]  # fmt: skip
+    instanceGM.main(argv)
+    run = tmp_path / "runs" / "pets"
+    kept = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "config.json", "checkpoint.pt")}
+    capsys.readouterr()
+
+    def resume() -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            instanceGM.main([*argv, "--num_epochs", "3", "--resume", "auto"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "was trained on other data" in err, err
+        assert {name: (run / name).read_bytes() for name in kept} == kept  # nothing of the run rewritten
+        return err
+
+    cat = image_folder / "train" / "cat"
+    (cat / "cat_0.png").rename(cat / "cat_99.png")  # same labels, but an index now maps to another file
+    err = resume()
+    assert "the training files" in err and "the training labels" not in err
+    (cat / "cat_99.png").rename(cat / "cat_0.png")
+    fox = image_folder / "train" / "fox"
+    shutil.copy(fox / "fox_0.png", fox / "fox_12.png")  # one more fox: more labels and files
+    err = resume()
+    assert "the training labels" in err and "the training files" in err
+    (fox / "fox_12.png").unlink()
+    instanceGM.main([*argv, "--num_epochs", "3", "--resume", "auto"])  # the same data again: accepted
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+
+    # A start-up refused after its folder was made (the class count is checked once the folders are listed)
+    # leaves no folder and no log behind.
+    with pytest.raises(SystemExit):
+        instanceGM.main([*argv[:-2], "--run_name", "refused", "--num_class", "4"])
+    assert "--num_class 4" in capsys.readouterr().err and not (tmp_path / "runs" / "refused").exists()
+
+
 def test_imagefolder_decodes_once_then_reads_the_cache(image_folder, monkeypatch):
     from dataloaders import imagefolder
 

@@ -3,7 +3,9 @@
 Contents: ``format``, ``epoch`` (the last completed epoch), ``config`` (resolved, as a dict), ``peers``
 ({name: {net, vae, opt, opt_vae, loss_history}}), ``best`` (best-validation state where used), ``history``
 (every epoch's metrics, for the summary), ``rng`` (python, numpy, torch, CUDA and the data module's
-generator) and ``git_sha``. The original saved no Adam state and had no resume (SPEC §4.3).
+generator), ``data_identity`` (digests of the training labels and files), ``config_history`` (each resumed
+segment's settings, where they changed) and ``git_sha``. The original saved no Adam state and had no
+resume (its ``save_checkpoint`` kept the nets only).
 """
 
 from __future__ import annotations
@@ -89,7 +91,36 @@ _MUST_MATCH = (
 )
 
 
-def check_compatible(saved: dict, current: dict, path: str | os.PathLike) -> None:
+# Fields that say where and how a run executes, not what it computes: free to differ on a resume.
+RUN_ONLY = frozenset(
+    {
+        "resume",
+        "allow_config_change",
+        "device",
+        "output_dir",
+        "run_name",
+        "data_path",
+        "noise_dir",
+        "saved",
+        "num_workers",
+        "eval_batch_size",
+        "log_interval",
+        "wandb",
+        "wandb_project",
+        "threads",
+    }
+)
+# Changes a resume takes without --allow_config_change (the epochs already trained keep their meaning);
+# they are still recorded in config_history.
+EXTENDABLE = frozenset({"num_epochs"})
+
+
+def check_compatible(saved: dict, current: dict, path: str | os.PathLike, allow_changes: bool = False) -> dict:
+    """Refuse a resume that is another run; return the changed settings ``{key: [checkpoint's, now]}``.
+
+    ``_MUST_MATCH`` fields always refuse. Any other field outside ``RUN_ONLY`` is a hyper-parameter: changing it
+    mid-run changes the result, so it is refused unless ``allow_changes`` (``--allow_config_change``).
+    """
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
         for k in _MUST_MATCH
@@ -99,4 +130,35 @@ def check_compatible(saved: dict, current: dict, path: str | os.PathLike) -> Non
         raise CheckpointError(
             f"checkpoint {path} belongs to a different run ({'; '.join(diffs)}); "
             "pass the same settings or a new --run_name"
+        )
+    changed = {
+        k: [saved[k], current.get(k)]
+        for k in sorted(saved.keys() & current.keys())
+        if k not in RUN_ONLY and k not in _MUST_MATCH and saved[k] != current[k]
+    }
+    refused = {k: v for k, v in changed.items() if k not in EXTENDABLE}
+    if refused and not allow_changes:
+        listed = "; ".join(f"{k}: checkpoint {old!r} vs now {new!r}" for k, (old, new) in refused.items())
+        raise CheckpointError(
+            f"checkpoint {path} was trained with other settings ({listed}); pass the checkpoint's values, "
+            "or --allow_config_change to continue with the new ones (config.json's config_history keeps both)"
+        )
+    return changed
+
+
+_IDENTITY_NAMES = {
+    "train_labels": "the training labels (a noise or label file rewritten, or other samples)",
+    "train_files": "the training files (images added, removed, renamed or resized)",
+}
+
+
+def check_same_data(saved: dict | None, current: dict, path: str | os.PathLike) -> None:
+    """Refuse a resume whose training data is not the checkpoint's (``NoisyDataModule.identity``)."""
+    if not saved:  # a checkpoint written before identities were recorded
+        return
+    changed = [_IDENTITY_NAMES.get(k, k) for k in sorted(saved) if k in current and saved[k] != current[k]]
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other data: {' and '.join(changed)} differ from what was read "
+            "now; restore the data it was trained on, or start a new run with a new --run_name"
         )

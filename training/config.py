@@ -174,6 +174,9 @@ class Config:
     output_dir: str = opt("./runs", "parent folder of run folders")
     run_name: str = opt("", "run folder name (empty: <dataset>_<noise>_<method>_seed<seed>)")
     resume: str = opt("", "auto: continue this run from its checkpoint, if any; or the path of a checkpoint.pt")
+    allow_config_change: bool = opt(
+        False, "with --resume: continue with changed hyper-parameters (config.json's config_history keeps each)"
+    )
     wandb: str = opt("off", "wandb dashboards (offline: into the run folder, no account)", ("off", "offline", "online"))
     wandb_project: str = opt("instanceGM", "wandb project name")
     sync_bn: bool = opt(False, "multi-process runs: SyncBatchNorm across processes (off: per-process BN)")

@@ -157,7 +157,13 @@ def main_run(cfg: Config) -> dict:
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
     folder = None
-    logging_to_run_dir = False
+    logging_to_run_dir = started = False
+    # A start-up that is refused (bad settings, another run's checkpoint, other data) leaves the folder as it was:
+    # no log.txt lines, no new empty folder.
+    target = Path(cfg.output_dir).expanduser() / (cfg.run_name or cfg.default_run_name())
+    fresh_folder = not target.exists()
+    log_before = (target / "log.txt").stat().st_size if (target / "log.txt").is_file() else None
+    refused = False
     try:
         folder = prepare_run_dir(cfg, create=main)
         run_dir, resume_path = folder.path, folder.resume
@@ -171,10 +177,10 @@ def main_run(cfg: Config) -> dict:
             "run folder %s | device %s | method %s | processes %d", run_dir, device, cfg.method, info_dist.world_size
         )
 
-        state = None
+        state, changed = None, {}
         if resume_path is not None:  # checked before any data is read: a mismatch fails in a second
             state = ckpt_lib.load(resume_path)
-            ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path)
+            changed = ckpt_lib.check_compatible(state["config"], cfg.to_dict(), resume_path, cfg.allow_config_change)
 
         # Rank 0 first: it may generate and cache the noisy labels, which the others then read.
         if not main:
@@ -185,8 +191,10 @@ def main_run(cfg: Config) -> dict:
         data.set_distributed(info_dist.rank, info_dist.world_size, cfg.seed)
         faults.point("build_peers")
         peers = build_peers(cfg, device)
-        start_epoch, history, best, vae_pool = 0, [], {}, None
+        start_epoch, history, best, vae_pool, config_history = 0, [], {}, None, []
         if state is not None:
+            ckpt_lib.check_same_data(state.get("data_identity"), data.identity(), resume_path)
+            config_history = list(state.get("config_history", []))
             for peer in peers:
                 peer.load_state_dict(state["peers"][peer.name])
             data.load_state_dict(state["data"])
@@ -200,6 +208,15 @@ def main_run(cfg: Config) -> dict:
                 state["best"],
                 state["vae_pool"],
             )
+            if changed:  # every segment's settings stay on record; config.json below carries the new ones
+                if not config_history:
+                    config_history.append({"first_epoch": 1, "config": state["config"]})
+                config_history.append({"first_epoch": start_epoch + 1, "config": cfg.to_dict(), "changed": changed})
+                log.warning(
+                    "resuming with changed settings from epoch %d: %s (kept in config.json's config_history)",
+                    start_epoch + 1,
+                    "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+                )
             upcoming = f"next: epoch {start_epoch + 1}" if start_epoch < cfg.num_epochs else "nothing left to train"
             log.info("resumed from %s after epoch %d of %d; %s", resume_path, start_epoch, cfg.num_epochs, upcoming)
         if main:  # the checkpoint's history is the reference for metrics.jsonl, splits.pt and summary.json
@@ -214,13 +231,27 @@ def main_run(cfg: Config) -> dict:
             "environment": environment_info(device) | {"processes": info_dist.world_size},
             "num_train": data.num_train,
         }
+        if config_history:
+            info["config_history"] = config_history
+        started = True
         if main:
             atomic_write_text(run_dir / "config.json", json.dumps(info, indent=2, default=str))
         sink = MetricSink(run_dir, cfg.wandb if main else "off", cfg.wandb_project, run_dir.name, info)
         if start_epoch == 0 and main:
             dashboards.log_inputs(sink, data)
         trainer = CoTrainer(
-            cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best, dist_info=info_dist
+            cfg,
+            data,
+            peers,
+            device,
+            autocast,
+            sink,
+            run_dir,
+            start_epoch,
+            history,
+            best,
+            dist_info=info_dist,
+            config_history=config_history,
         )
         trainer._vae_pool = vae_pool
         try:
@@ -253,7 +284,8 @@ def main_run(cfg: Config) -> dict:
             failure = _interrupted(folder.path)
         elif isinstance(err, OSError):
             failure = rundir.write_error(err, folder.path if folder else None) or err
-        if logging_to_run_dir:
+        refused = logging_to_run_dir and not started and _is_user_error(failure)
+        if logging_to_run_dir and not refused:
             log_failure(failure)
         if failure is err:
             raise
@@ -261,6 +293,9 @@ def main_run(cfg: Config) -> dict:
     finally:
         if folder is not None:
             folder.close()
+        if refused:
+            setup_logging(None)  # let go of log.txt before putting it back as it was
+            rundir.undo_start(target, fresh_folder, log_before)
         dist_lib.cleanup(info_dist)
 
 

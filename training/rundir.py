@@ -184,6 +184,19 @@ def open_run_folder(output_dir: str, run_name: str, resume: str, create: bool = 
     return RunFolder(run_dir, resume_path, lock)
 
 
+def undo_start(run_dir: Path, created: bool, log_size: int | None) -> None:
+    """Put a run folder back as a refused start-up found it: log.txt cut to ``log_size`` (removed if it did not
+    exist), and the folder itself removed if this start created it and nothing else is in it."""
+    log_file = run_dir / "log.txt"
+    with contextlib.suppress(OSError):
+        if log_size is None:
+            log_file.unlink(missing_ok=True)
+        elif log_file.is_file():
+            os.truncate(log_file, log_size)
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
 def make_folder(run_dir: Path, output_dir: Path) -> None:
     for path, flag in ((output_dir, "--output_dir"), (run_dir, "--run_name")):
         if path.exists() and not path.is_dir():

@@ -112,6 +112,7 @@ class CoTrainer:
         history: list[dict] | None = None,
         best: dict | None = None,
         dist_info: dist_lib.DistInfo = dist_lib.SINGLE,
+        config_history: list[dict] | None = None,
     ):
         self.cfg, self.data, self.peers, self.device = cfg, data, peers, device
         self.autocast, self.sink, self.run_dir = autocast, sink, run_dir
@@ -125,6 +126,8 @@ class CoTrainer:
         self.eval_batch = eval_batch_size(cfg, device)
         self._vae_iter: Iterator | None = None
         self._vae_pool: Tensor | None = None  # Clothing1M: the fixed subset the VAE batches come from
+        self.config_history: list[dict] = list(config_history or [])  # segments whose settings changed
+        self._data_identity = data.identity()  # checked by the next resume
 
     # ================================================================ the algorithm ==========================
     def fit(self) -> dict[str, Any]:
@@ -511,6 +514,8 @@ class CoTrainer:
             "rng": capture_rng_state(),
             "data": self.data.state_dict(),
             "vae_pool": self._vae_pool,
+            "data_identity": self._data_identity,
+            "config_history": self.config_history,
             "git_sha": git_sha(),
         }
         ckpt_lib.save_atomic(state, self.run_dir / ckpt_lib.FILENAME)
