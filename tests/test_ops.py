@@ -326,6 +326,23 @@ def test_imagefolder_trains_and_predict_scores_a_folder(image_folder, tmp_path, 
     assert len(scored) == 9 and {r["given_class"] for r in scored} == {"cat", "dog", "fox"}
     assert all(Path(r["path"]).is_file() and 0 <= float(r["clean_prob"]) <= 1 for r in scored)
 
+    # Refusals before any scoring, in one line: an --out that is a folder, weights that do not fit the config.
+    def refused(*argv: str) -> str:
+        assert predict.main(list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        return err
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(predict, "predict", lambda *a, **k: pytest.fail("scored before checking --out"))
+        assert "is a folder" in refused(ckpt, "--data_path", str(image_folder / "test"), "--out", str(tmp_path))
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["width"] = 16
+    edited = tmp_path / "edited.pt"
+    torch.save(state, edited)
+    err = refused(str(edited), "--data_path", str(image_folder / "test"), "--out", str(tmp_path / "e.csv"))
+    assert "do not fit the network its config describes" in err and "net1" in err
+
     # Images without class folders: predictions only.
     flat = tmp_path / "unsorted"
     flat.mkdir()

@@ -85,7 +85,14 @@ def load_run(checkpoint: str | Path, device: torch.device):
     cfg = Config.from_dict(state["config"])
     peers = build_peers(cfg, device)
     for peer in peers:
-        peer.net.load_state_dict(state["peers"][peer.name]["net"])
+        try:
+            peer.net.load_state_dict(state["peers"][peer.name]["net"])
+        except (KeyError, RuntimeError) as err:  # size mismatch, missing keys: an edited or foreign file
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise ckpt_lib.CheckpointError(
+                f"checkpoint {checkpoint}: the weights of {peer.name} do not fit the network its config describes "
+                f"({type(err).__name__}: {first}); use the run's own unedited checkpoint.pt"
+            ) from None
         peer.net.eval()
     info_path = Path(checkpoint).parent / "config.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -377,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--relabel writes the run's training labels: use --split train")
         if args.sheet < 0:
             raise ValueError(f"--sheet {args.sheet}: the number of images must be >= 0")
+        suspects.check_output_file(args.out, "--out")
         rows, summary = predict(
             args.checkpoint,
             data_path=args.data_path,
@@ -394,10 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sheet=args.sheet,
             sheet_path=Path(args.out).parent / "suspects.png",
         )
+        path = write_csv(rows, args.out, args.sort)
     except (ckpt_lib.CheckpointError, ConfigError, DataConfigError, DatasetNotFoundError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = write_csv(rows, args.out, args.sort)
     print(f"wrote {summary['rows']} rows to {path}")
     if "suspects" in summary:
         print(

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +65,21 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 def check_npy(path: str | Path) -> None:
     if Path(path).suffix != ".npy":
         raise ValueError(f"{path}: the file must end in .npy (it is written with numpy.save)")
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a folder, or under a file or a folder
+    without write permission (missing folders are created when it is written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: pass a file name, e.g. {path / 'predictions.csv'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; pass another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {parent}; pass another path")
 
 
 def sheet_grid(n: int) -> tuple[int, int]:
