@@ -12,7 +12,7 @@
 #   CIFAR_MD5  its expected MD5 (default: the official tarball's, as in torchvision's CIFAR10/CIFAR100.tgz_md5)
 #
 # Unlike the original cifar10.sh / cifar100.sh (which only downloaded the tarball into the current folder,
-# SPEC §8 item 17), this checks the MD5 and extracts.
+# README Differences #17), this checks the MD5 and extracts.
 set -euo pipefail
 
 usage() {

@@ -11,7 +11,7 @@ CIFAR-100 79.69 / 79.21 / 78.47 / 77.49 / 77.19 (README "Results" says which of 
 
 from training import Config, run
 
-# The original instanceGM.py argparse defaults and hard-coded values (SPEC §1.2).
+# The original instanceGM.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).
 _COMMON = dict(
     backbone="preact_resnet18",
     vae_size=32,
@@ -35,7 +35,7 @@ _COMMON = dict(
 
 PRESETS = {
     "cifar10": Config(dataset="cifar10", data_path="./cifar-10", num_classes=10, warm_up=10, **_COMMON),
-    # NOTE(original): the same script with --num_class 100; lambda_u stays 25 unless passed (SPEC §8 item 12).
+    # NOTE(original): the same script with --num_class 100; lambda_u stays 25 unless passed (README Differences #12).
     "cifar100": Config(dataset="cifar100", data_path="./cifar-100", num_classes=100, warm_up=30, **_COMMON),
     # Not in the paper: Fashion-MNIST (28x28, zero-padded to 32x32, 3 channels) with CIFAR-10's recipe, the
     # real dataset this project's CPU tests and benchmarks use (CausalNL and Xia et al. report IDN on it).

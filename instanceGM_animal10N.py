@@ -12,7 +12,7 @@ Paper (test accuracy %): InstanceGM 84.6 (VGG-19-BN).
 
 from training import Config, run
 
-# The original instanceGM_animal10N.py argparse defaults and hard-coded values (SPEC §1.2).
+# The original instanceGM_animal10N.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).
 PRESETS = {
     "animal10n": Config(
         dataset="animal10n",
@@ -29,12 +29,12 @@ PRESETS = {
         vae_lr=1e-3,
         num_epochs=300,
         warm_up=40,
-        p_threshold=0.08,  # NOTE(original): the same number as its noise rate (SPEC §8 item 9)
+        p_threshold=0.08,  # NOTE(original): the same number as its noise rate (README Differences #9)
         T=0.5,
         alpha=4.0,
         lambda_u=25.0,
         recon_weight=1.0,
-        noisy_label_weight=8e-5,  # NOTE(original): noisy-label term nearly switched off (SPEC §8 item 9)
+        noisy_label_weight=8e-5,  # NOTE(original): noisy-label term nearly switched off (README Differences #9)
         y_prior_weight=8e-5,
         kl_weight=8e-5,
     ),

@@ -14,7 +14,8 @@ Paper (test accuracy %): InstanceGM 74.40 (DivideMix 74.76, CausalNL 72.24).
 
 from training import Config, run
 
-# The original instanceGM_clothing1M.py argparse defaults and hard-coded values (SPEC §1.2, §3.7).
+# The original instanceGM_clothing1M.py argparse defaults and hard-coded values
+# (docs/design.md: Hyper-parameters; Clothing1M).
 PRESETS = {
     "clothing1m": Config(
         dataset="clothing1m",
@@ -38,9 +39,9 @@ PRESETS = {
         alpha=0.5,
         lambda_u=0.0,
         mix_unlabeled=False,  # DivideMix-Clothing1M: MixMatch on the labeled rows only, no Lu term
-        warmup_penalty=True,  # NOTE(original): warm-up CE + negative-entropy penalty (SPEC §8 item 7)
+        warmup_penalty=True,  # NOTE(original): warm-up CE + negative-entropy penalty (README Differences #7)
         select_on_val=True,
-        vae_fixed_subset=True,  # NOTE(original): VAE batches from net2's epoch-0 warm-up subset (SPEC §8 item 10)
+        vae_fixed_subset=True,  # NOTE(original): VAE batches from net2's epoch-0 warm-up set (README Differences #10)
         recon_weight=1.0,
         noisy_label_weight=1.0,
         y_prior_weight=6e-6,

@@ -11,7 +11,7 @@ Paper (test accuracy %, noise 20/40/60/80%): InstanceGM 58.38 / 52.24 / 47.96 / 
 
 from training import Config, run
 
-# The original instanceGM_redMini.py argparse defaults and hard-coded values (SPEC §1.2).
+# The original instanceGM_redMini.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).
 _RED = Config(
     dataset="red_mini",
     data_path="./red_blue",
@@ -19,12 +19,12 @@ _RED = Config(
     noise_mode="real",
     r=0.2,  # selects the split file red_noise_nl_<r>
     backbone="preact_resnet18",
-    vae_size=32,  # NOTE(original): the 32x32 generative model, although a 64x64 one existed (SPEC §8 item 9)
+    vae_size=32,  # NOTE(original): the 32x32 generative model, although a 64x64 one existed (README Differences #9)
     z_dim=64,
     batch_size=64,
     lr=0.02,
     lr_drop_epoch=150,
-    vae_lr=1e-4,  # NOTE(original): Red's hard-coded effective Adam lr (SPEC §8 item 8)
+    vae_lr=1e-4,  # NOTE(original): Red's hard-coded effective Adam lr (README Differences #8)
     num_epochs=300,
     warm_up=30,
     p_threshold=0.5,

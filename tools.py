@@ -3,12 +3,13 @@
 Follows two originals:
 
 * Xia et al., "Part-dependent label noise" (NeurIPS 2020), ``tools.py``: the instance-dependent generator
-  (``get_instance_noisy_label``) that InstanceGM uses for CIFAR-10/100 (SPEC §5.1). It is reproduced with the
-  same random stream but without touching numpy's or torch's global RNGs.
-* DivideMix ``dataloader_cifar.py``: symmetric and asymmetric (class-dependent) CIFAR noise (SPEC §5.2).
+  (``get_instance_noisy_label``) that InstanceGM uses for CIFAR-10/100 (docs/design.md: Synthetic noise). It is
+  reproduced with the same random stream but without touching numpy's or torch's global RNGs.
+* DivideMix ``dataloader_cifar.py``: symmetric and asymmetric (class-dependent) CIFAR noise
+  (docs/design.md: Synthetic noise).
 
 Plus readers for CIFAR-N human labels and a cache for generated labels whose file names keep the exact noise
-rate (the original's ``'%.1f' % r`` made r = 0.45 and r = 0.5 share one file, SPEC §8 item 14).
+rate (the original's ``'%.1f' % r`` made r = 0.45 and r = 0.5 share one file, README Differences #14).
 
 All functions are pure: numpy arrays in and out (torch tensors are accepted and converted), local
 ``np.random.RandomState`` generators only, CPU only.
@@ -77,7 +78,7 @@ def _check_rate(rate: float, allow_one: bool) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Instance-dependent noise (Xia et al. 2020, SPEC §5.1)
+# Instance-dependent noise (Xia et al. 2020, docs/design.md: Synthetic noise)
 # --------------------------------------------------------------------------------------------------
 def instance_dependent_noise(
     images: Any,
@@ -173,7 +174,7 @@ def _sample_rows(probabilities: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Class-conditional noise (DivideMix dataloader_cifar.py, SPEC §5.2)
+# Class-conditional noise (DivideMix dataloader_cifar.py, docs/design.md: Synthetic noise)
 # --------------------------------------------------------------------------------------------------
 def _noisy_indices(num_samples: int, rate: float, rs: np.random.RandomState) -> np.ndarray:
     """DivideMix picks exactly ``int(rate * N)`` samples from a shuffled index list."""
@@ -344,7 +345,7 @@ def noise_file_name(dataset: str, mode: str, rate: float, seed: int) -> str:
     """Cache file name such as ``cifar10_instance_r0.45_seed123.npy``.
 
     The rate is written with ``repr`` so every distinct rate gets its own file (the original's ``'%.1f'``
-    wrote 0.45 as ``0.5``, SPEC §8 item 14).
+    wrote 0.45 as ``0.5``, README Differences #14).
     """
     for part_name, part in (("dataset", dataset), ("mode", mode)):
         if not part or os.sep in part or "/" in part:
@@ -396,7 +397,7 @@ def _save_label_file_atomic(path: Path, labels: np.ndarray) -> None:
 def get_or_create_noisy_labels(path: PathLike, create_fn: Callable[[], Any]) -> tuple[np.ndarray, bool]:
     """Return ``(labels, created)``: the labels stored at ``path``, or ``create_fn()`` written there first.
 
-    Generated noise is an artefact to create once and freeze (SPEC §5.1), hence the cache.
+    Generated noise is an artefact to create once and freeze (docs/design.md: Synthetic noise), hence the cache.
     """
     path = Path(path)
     if path.exists():

@@ -2,7 +2,8 @@
 
 The arithmetic of a run is counted, not guessed: the forward FLOPs per image of each classifier and
 generative model are measured with ``torch.utils.flop_counter`` on the real models, and the passes of one
-epoch follow the engine (SPEC §9): a co-training step of B labeled + B unlabeled samples makes 6B no-grad
+epoch follow the engine (docs/design.md: Where the compute goes): a co-training
+step of B labeled + B unlabeled samples makes 6B no-grad
 classifier passes (co-guessing, refinement), 4B (Clothing1M: 2B) MixMatch passes with backward (x3) and, for
 InstanceGM, 2B classifier and generative passes with backward; each net does labeled/B steps, with the labeled
 set taken as (1 - noise) of the samples it divides; every epoch adds the per-sample losses of the whole training

@@ -1,6 +1,7 @@
 """Throughput of each phase of an InstanceGM epoch, against the original's data access and the compute floor.
 
-Phases (SPEC §3, §9), each timed through the engine's own functions on a synthetic dataset of the chosen shape
+Phases (docs/design.md: One run; Where the compute goes), each
+timed through the engine's own functions on a synthetic dataset of the chosen shape
 (default: CIFAR-10, 50,000 + 10,000 images of 32x32x3 uint8, random pixels and labels):
 
 * ``warmup step``: a 2B batch from ``warmup_loader``, forward, ``dividemix.warmup_loss``, SGD step;
@@ -16,7 +17,7 @@ Data paths, measured side by side in one process: ``device`` (the default: the u
 batched augmentation), ``pil`` (this implementation's per-sample PIL loaders, persistent random VAE batches)
 and ``naive`` (the original's pattern, ``instanceGM.py``'s ``warmup``/``eval_train``/``train``/``test``:
 per-sample PIL transforms in 5-worker DataLoaders for every loader, a NEW shuffled 5-worker DataLoader iterator
-per step for the VAE batch, first batch only (SPEC §8 item 19); evaluation in batches of B, with eval_train's
+per step for the VAE batch, first batch only (README Differences #19); evaluation in batches of B, with eval_train's
 per-sample Python loop writing each loss into a host vector and test's host read of the count per batch; the
 warm-up loss read on the host every step). The ``floor`` is the same step's network passes alone: in-memory
 tensors, no data loading, no augmentation, no targets or metrics; the gap of a step to its floor is the engine's
@@ -202,7 +203,7 @@ def _to_device(loader: DataLoader, device: torch.device) -> Iterator[tuple]:
 
 
 class NaiveData:
-    """The original's loaders (SPEC §6, §8 item 19): a new per-sample PIL DataLoader per mode, 5 workers,
+    """The original's loaders (README Datasets; Differences #19): a new per-sample PIL DataLoader per mode, 5 workers,
     and for the VAE a NEW shuffled DataLoader iterator on every step of which only the first batch is used."""
 
     def __init__(self, arrays: dict, device: torch.device, workers: int = ORIGINAL_WORKERS):

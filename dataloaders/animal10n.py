@@ -1,5 +1,5 @@
 """Animal-10N (Song et al., ICML 2019): 50,000 training and 5,000 test 64x64 images of 10 animals, real label
-noise (about 8%), SPEC §6.2 (the original ``dataloader_animal10N.py``).
+noise (about 8%), README Datasets (the original ``dataloader_animal10N.py``).
 
 Two layouts of ``<root>/training`` and ``<root>/testing`` are accepted (``<root>`` = ``--data_path``, or the
 one folder up to two levels below it that holds both, as an extracted archive may nest them):

@@ -1,6 +1,6 @@
 """The data side of DivideMix/InstanceGM: one object serving every loader mode the co-training loop needs.
 
-Modes (SPEC §6, the original ``run(mode)`` factories):
+Modes (README Datasets, the original ``run(mode)`` factories):
 
 ========================  =========================================  ===============================
 method                    samples                                    yields
@@ -134,7 +134,7 @@ class _KeySampler(Sampler):
 class _RandomBatchSampler(Sampler):
     """Endless batches of ``batch_size`` distinct random positions in [0, n) (with per-sample seeds): what
     the original got by creating a new shuffled DataLoader iterator every step and keeping its first batch
-    (SPEC §3.5, §8 item 19), without the rebuild."""
+    (docs/design.md: The generative step; README Differences #19), without the rebuild."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.generator = n, batch_size, generator

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 from the python-pickle files (SPEC §6.1, the original ``dataloader_cifar.py``).
+"""CIFAR-10 / CIFAR-100 from the python-pickle files (README Datasets, the original ``dataloader_cifar.py``).
 
 Two layouts under ``--data_path`` are accepted:
 
@@ -6,7 +6,7 @@ Two layouts under ``--data_path`` are accepted:
   (``<root>/cifar-100-python/{train,test}``). When torchvision's md5 check passes (the real files), the
   arrays come from ``torchvision.datasets.CIFAR10/CIFAR100``;
 * the original code's flat layout, the same files directly in the folder: ``<root>/data_batch_1..5``,
-  ``<root>/test_batch`` (``<root>/train``, ``<root>/test``) (SPEC §8 item 17: the original download script
+  ``<root>/test_batch`` (``<root>/train``, ``<root>/test``) (README Differences #17: the original download script
   does not extract). Read with :func:`read_batch`, as is any official-layout folder that fails the md5 check.
 
 Images: ``data`` is N x 3072 uint8, channel-planar (1024 R, 1024 G, 1024 B, rows of 32) -> N x 32 x 32 x 3.
@@ -135,7 +135,7 @@ def _torchvision_arrays(root: Path, num_classes: int):
 def find_cifar(root: str | Path, num_classes: int) -> Path:
     """The folder holding the CIFAR files (official or flat layout) or a one-line DatasetNotFoundError."""
     spec, root = CIFAR[num_classes], Path(root).expanduser()
-    # DIVERGES(original): it read only the flat layout (SPEC §6.1); the extracted tarball works as is too.
+    # DIVERGES(original): it read only the flat layout (README Datasets); the extracted tarball works as is too.
     for folder in (root / spec.folder, root):
         if all((folder / name).is_file() for name in spec.train + spec.test):
             return folder

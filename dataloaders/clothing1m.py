@@ -1,4 +1,4 @@
-"""Clothing1M (Xiao et al., CVPR 2015) with DivideMix's per-epoch class-balanced subsets, SPEC §3.7 and §6.4
+"""Clothing1M (Xiao et al., CVPR 2015) with DivideMix's per-epoch class-balanced subsets, docs/design.md: Clothing1M
 (the original ``dataloader_clothing1M.py``, DivideMix's with the normalisation removed).
 
 Layout under ``<root>`` = ``--data_path``: the five annotation files of the release,
@@ -22,7 +22,7 @@ keys, keep a key while its class has fewer than n/14 picks and fewer than n are 
 * validation / test: the clean lists, test transform; the engine keeps the best-validation weights.
 
 Transforms: train ``Resize(256) -> RandomCrop(224) -> RandomHorizontalFlip -> ToTensor``, test
-``Resize(256) -> CenterCrop(224) -> ToTensor``; no normalisation (SPEC §8 item 11).
+``Resize(256) -> CenterCrop(224) -> ToTensor``; no normalisation (README Differences #11).
 
 Quick runs: ``--train_subset N`` keeps the first N training keys, ``--test_subset N`` the first N validation
 and test keys.
@@ -305,7 +305,8 @@ class Clothing1MDataModule(NoisyDataModule):
 
     def vae_batches(self, batch_size: int, indices: Tensor | None = None) -> Iterator[tuple]:
         """Endless batches of ``batch_size`` distinct random training samples of ``indices`` (default: all),
-        train transform, from one persistent DataLoader (the original built a loader per step, SPEC §8 item 19)."""
+        train transform, from one persistent DataLoader (the original built a loader per step,
+        README Differences #19)."""
         pool = self._all if indices is None else torch.as_tensor(indices).long().cpu()
         ds = _FileViews(self.base, self._train, self.noisy_labels, pool, train_transform(), 1)
         if self._shards() > 1:  # one draw of world_size * batch distinct samples, each rank its own slice

@@ -2,7 +2,7 @@
 
 Used by the file-based datasets that fit in memory (Animal-10N at 64x64, Red Mini-ImageNet resized to 32x32,
 image folders at ``--vae_size``).
-The original re-decoded the whole folder for every loader it built, several times per epoch (SPEC §8 item 16);
+The original re-decoded the whole folder for every loader it built, several times per epoch (README Differences #16);
 here the images are decoded once, saved as ``<name>-<key>.npy`` and memory-mapped on later runs.
 
 * Key: sha256 of the cache format version, the decoding parameters and, for every file in order, its path

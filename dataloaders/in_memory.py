@@ -44,7 +44,7 @@ class ArrayDataset:
 def check_num_classes(cfg, name: str, num_classes: int) -> None:
     """``--num_class`` must match the dataset.
 
-    DIVERGES(original): it took ``--num_class`` on trust (SPEC §8 item 17: CIFAR-100 needs
+    DIVERGES(original): it took ``--num_class`` on trust (README Differences #17: CIFAR-100 needs
     ``--num_class 100`` passed by hand); here a mismatch stops the run before any noise is generated.
     """
     if cfg.num_classes != num_classes:

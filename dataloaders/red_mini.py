@@ -1,5 +1,5 @@
 """Red Mini-ImageNet of "Controlled Noisy Web Labels" (Jiang et al., ICML 2020) in the FaMUS split-file layout,
-SPEC §6.3 (the original ``dataloader_red.py``). 100 classes, images resized to 32x32 as in the paper.
+README Datasets (the original ``dataloader_red.py``). 100 classes, images resized to 32x32 as in the paper.
 
 Layout under ``<root>`` = ``<data_path>/mini-imagenet`` (or ``--data_path`` itself when it is that folder):
 
@@ -113,7 +113,7 @@ def load_red_mini(data_path: str | Path, rate: float, reuse_cache: bool = True) 
     test_names, test_labels = read_split(root / "split" / "clean_validation")
     train_files = [root / "all_images" / name for name in train_names]
     test_paths = validation_files(root, test_names, test_labels)
-    # NOTE(original): Resize((32, 32)) of every image (SPEC §6.3); deterministic, so it is done once, here.
+    # NOTE(original): Resize((32, 32)) of every image (README Datasets); deterministic, so it is done once, here.
     train_images, _, _ = cached_images(
         train_files, root, f"red-{train_split.name}", IMAGE_SIZE, resize=True, reuse=reuse_cache
     )
@@ -137,7 +137,7 @@ def build_red_mini(cfg, device: torch.device | str = "cpu"):
     arrays, truth = load_red_mini(cfg.data_path, cfg.r, reuse_cache=cfg.saved)
     data = build_in_memory(cfg, device, arrays)
     # DIVERGES(original): its loaders dropped the last incomplete batch, so 16 training samples were never
-    # evaluated and 8 test images never tested (SPEC §8 item 15); every sample counts here.
+    # evaluated and 8 test images never tested (README Differences #15); every sample counts here.
     data.noise_info.update(split=truth["split"], nominal_rate=float(cfg.r))
     clean = truth["clean_labels"]
     if clean is None:

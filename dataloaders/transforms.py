@@ -1,6 +1,6 @@
 """Train/test transforms of the in-memory datasets, in one place, and their normalisation statistics.
 
-The original (SPEC §6.1) trains CIFAR with ``RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ToTensor``
+The original (README Datasets) trains CIFAR with ``RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ToTensor``
 and tests with ``ToTensor`` only. InstanceGM removed DivideMix's normalisation so that the continuous
 Bernoulli target lies in [0, 1]; :data:`DATASET_STATS` keeps the statistics for the optional
 ``--normalize_inputs`` switch.
@@ -26,13 +26,13 @@ if TYPE_CHECKING:  # torchvision is imported when a PIL pipeline is built, not w
 
 # (mean, std) per channel of the images the networks see, in [0, 1] units.
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    # DivideMix's Train_cifar.py values (SPEC §6.1).
+    # DivideMix's Train_cifar.py values (README Datasets).
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
     # Fashion-MNIST as served here: 28x28 zero-padded to 32x32 and replicated to 3 channels. Computed on the
     # 60,000 training images of that padded form (the 28x28 values are mean 0.2860, std 0.3530).
     "fashionmnist": ((0.2190,) * 3, (0.3318,) * 3),
-    # DivideMix's dataloader_clothing1M.py values (SPEC §6.4).
+    # DivideMix's dataloader_clothing1M.py values (README Datasets).
     "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
 }
 

@@ -107,7 +107,7 @@ def build_classifier(
         raise ValueError(f"pretrained weights are only supported for {sorted(_HAS_PRETRAINED)}, not {name!r}")
     net = CLASSIFIERS[name](num_classes, **kwargs)
     if normalize is None:
-        # NOTE(original): classifiers see un-normalised [0, 1] inputs (SPEC §8 item 11), even the
+        # NOTE(original): classifiers see un-normalised [0, 1] inputs (README Differences #11), even the
         # ImageNet-pretrained ResNet-50 of Clothing1M.
         return net
     # DIVERGES(original): opt-in input normalisation for the classifier only; the VAE still models [0, 1] x.

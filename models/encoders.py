@@ -1,6 +1,6 @@
 """Convolutional parts of the InstanceGM generative model, one architecture per input resolution.
 
-Follows CausalNL's ``mylib/models/encoders.py`` as copied into InstanceGM (SPEC §2.4):
+Follows CausalNL's ``mylib/models/encoders.py`` as copied into InstanceGM (docs/design.md: The generative model):
 
 * ``ZEncoder`` -- q(z | x, y_hat): "label-as-channel" conv encoder with ``fc_mu`` / ``fc_logvar`` heads;
 * ``XDecoder`` -- p(x | z, y_hat): linear -> transposed-conv stack -> conv to 3 channels -> Sigmoid;
@@ -33,7 +33,7 @@ class UpBlock:
 
 @dataclass(frozen=True)
 class VAEArch:
-    """Layer plan of the three VAE parts for one input resolution (SPEC §2.4 table)."""
+    """Layer plan of the three VAE parts for one input resolution (docs/design.md: The generative model)."""
 
     image_size: int
     enc_channels: tuple[int, ...]  # stride-2 conv stack of the encoder and of the noisy-label classifier

@@ -1,6 +1,7 @@
 """Pre-activation ResNet for 32x32 inputs (CIFAR-10/100, Red Mini-ImageNet).
 
-Follows DivideMix's ``PreResNet.py`` as used by InstanceGM (SPEC §2.1): a 3x3 stem with BN + ReLU, four
+Follows DivideMix's ``PreResNet.py`` as used by InstanceGM (docs/design.md: The classifiers):
+a 3x3 stem with BN + ReLU, four
 stages of ``PreActBlock``, no BN/ReLU after the last stage, a fixed 4x4 average pool and one linear layer.
 ``width`` scales the channel plan (64, 128, 256, 512 at the original ``width=64``) so CPU tests and smoke
 runs can use a narrow network; every other detail is the original's.

@@ -1,4 +1,4 @@
-"""torchvision backbones: VGG-19-BN (Animal-10N) and ResNet-50 (Clothing1M), SPEC §2.2-2.3.
+"""torchvision backbones: VGG-19-BN (Animal-10N) and ResNet-50 (Clothing1M), docs/design.md: The classifiers.
 
 Both are torchvision's own models with the last classification layer replaced by a freshly initialised
 ``nn.Linear`` of the right width, as the original scripts do. ImageNet weights for ResNet-50 are read from a

@@ -1,4 +1,5 @@
-"""InstanceGM's generative model of the noisy label (one per co-trained classifier), SPEC §2.4.
+"""InstanceGM's generative model of the noisy label (one per co-trained classifier)
+(docs/design.md: The generative model).
 
 Follows CausalNL's ``mylib/models/vae.py`` as modified by InstanceGM: the clean-label classifier is not part
 of the VAE but is passed to ``forward``, so that the VAE loss trains it through the Gumbel-softmax sample.

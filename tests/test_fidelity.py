@@ -394,7 +394,7 @@ def test_fit_runs_the_phases_in_the_originals_order(tmp_path, monkeypatch):
 
 
 # ================================================================ hyper-parameters per preset ==============
-# The original scripts' argparse defaults and hard-coded values (SPEC §1.2), one row per preset.
+# The original scripts' argparse defaults and hard-coded values (docs/design.md: Hyper-parameters), one row per preset.
 ORIGINAL_HYPERPARAMETERS = {
     # backbone, vae_size, z_dim, B, alpha, lambda_u, p_threshold, T, warm_up, epochs, (w1, w2, w3, w4), warm-up penalty
     "cifar10": ("preact_resnet18", 32, 25, 64, 4.0, 25.0, 0.5, 0.5, 10, 300, (1.0, 1.0, 1e-5, 3e-4), False),

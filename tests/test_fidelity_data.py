@@ -83,7 +83,7 @@ def test_animal10n_64px_augmentation_is_identity_or_mirror_with_half_probability
 
 def test_clothing1m_transforms_are_the_originals():
     """Train: Resize(256) -> RandomCrop(224) -> RandomHorizontalFlip -> ToTensor; test: CenterCrop instead;
-    no normalisation (SPEC §6.4). Same torchvision objects, so the same per-pixel distribution."""
+    no normalisation (README Datasets). Same torchvision objects, so the same per-pixel distribution."""
     original_train = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor()])
     original_test = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
     assert repr(clothing1m.train_transform()) == repr(original_train)

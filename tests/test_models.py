@@ -210,7 +210,7 @@ def test_normalize_wrapper_feeds_normalised_input():
 
 # ---------------------------------------------------------------- generative model
 
-# (encoder flat size, decoder linear output size) per resolution, SPEC §2.4 table.
+# (encoder flat size, decoder linear output size) per resolution, docs/design.md: The generative model.
 _VAE_TABLE = {32: (1024, 1024), 64: (4096, 1024), 224: (8192, 8192)}
 # (channels, spatial size) after each encoder block, and after each decoder upsampling block.
 _VAE_MAPS = {

@@ -16,7 +16,8 @@ import tools
 
 
 def literal_instance_noise(images, labels, num_classes, rate, seed, norm_std=0.1):
-    """Per-sample transcription of SPEC §5.1 (the original's loop); a RandomState replaces the global RNG."""
+    """Per-sample transcription of the original's loop (docs/design.md: Synthetic noise); a RandomState replaces
+    the global RNG."""
     rs = np.random.RandomState(seed)
     flip_rate = stats.truncnorm((0 - rate) / norm_std, (1 - rate) / norm_std, loc=rate, scale=norm_std).rvs(
         labels.shape[0], random_state=rs

@@ -1,7 +1,8 @@
 """What a person looks at to judge a noisy-label run, beyond the scalar curves.
 
 With ``--wandb offline|online`` the :class:`~training.metrics.MetricSink` already mirrors every
-``metrics.jsonl`` key and the resolved config. These functions add (SPEC §4.4 lists what the original logged):
+``metrics.jsonl`` key and the resolved config. These functions add (what the original
+logged: docs/design.md, Evaluation, checkpoints and logging):
 
 * :func:`log_inputs`: a ``wandb.Table`` of training images with their given (noisy) and true labels;
 * :func:`log_reconstructions`: inputs x next to the generative model's reconstructions on a fixed batch;
@@ -90,7 +91,7 @@ def _eval_mode_keep_rng(*modules: torch.nn.Module | None):
 def reconstruction_grid(peer, images: Tensor, seed: int = 0) -> Tensor:
     """A (3, H', W') grid in [0, 1]: row 1 the inputs x, row 2 the reconstructions E[x | x_hat], row 3 the same
     reconstructions stretched to [0, 1] per image (to see structure through the original's double sigmoid,
-    which keeps E[x | x_hat] within about [0.5, 0.58], SPEC §8 item 2).
+    which keeps E[x | x_hat] within about [0.5, 0.58], README Differences #2).
 
     ``x_hat`` is the continuous Bernoulli parameter; its mean is what the model expects the pixels to be. The
     sampling noise (Gumbel y_hat, reparameterisation) comes from a fixed ``seed``, so successive epochs differ only

@@ -1,7 +1,8 @@
 """The discriminative half: DivideMix (Li et al., ICLR 2020) as InstanceGM runs it.
 
 Mirrors DivideMix ``Train_cifar.py`` (``train``, ``warmup``, ``eval_train``, ``SemiLoss``, ``NegEntropy``,
-``linear_rampup``), which InstanceGM's scripts copy (SPEC §3.2-3.4). Each function is one step of that code,
+``linear_rampup``), which InstanceGM's scripts copy (docs/design.md: One epoch to The DivideMix step).
+Each function is one step of that code,
 pure where possible, so it can be tested against hand-computed values.
 """
 
@@ -143,7 +144,8 @@ def step(
     mix_unlabeled: bool = True,
     generator: torch.Generator | None = None,
 ) -> DivideMixOut:
-    """The DivideMix loss of one labeled batch (x1, x2) and one unlabeled batch (u1, u2) (SPEC §3.4).
+    """The DivideMix loss of one labeled batch (x1, x2) and one unlabeled batch (u1, u2)
+    (docs/design.md: The DivideMix step).
 
     ``lambda_u`` is already ramped (see :func:`linear_rampup`). ``u1``/``u2`` may be None (empty unlabeled
     set): the unlabeled part then drops out of the concatenation. With ``mix_unlabeled=False`` (Clothing1M)

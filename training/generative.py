@@ -1,4 +1,5 @@
-"""The generative half of InstanceGM: the VAE objective added to the DivideMix loss (SPEC §3.5).
+"""The generative half of InstanceGM: the VAE objective added to the DivideMix loss
+(docs/design.md: The generative step).
 
 Follows InstanceGM's ``train``/``train_vae`` and CausalNL's ``mylib/models/vae.py`` loss:
 
@@ -70,20 +71,20 @@ def vae_objective(
     kl_reduction: str = "sum",
     y_prior: str = "constant",
 ) -> GenerativeOut:
-    """The four InstanceGM VAE terms with the per-dataset weights (SPEC §3.5 step 4)."""
+    """The four InstanceGM VAE terms with the per-dataset weights (docs/design.md: The generative step)."""
     x, x_hat, mu, log_var, y_hat = x.float(), x_hat.float(), mu.float(), log_var.float(), y_hat.float()
     recon = -continuous_bernoulli_log_prob(x, x_hat).mean()
     noisy_ce = noisy_label_weight * F.cross_entropy(noisy_logits.float(), noisy_targets)
     if y_prior == "constant":
         # NOTE(original): -w3 * mean_i sum_k y^_ik * (-log(1/K + 1e-8)); y^ sums to one, so this equals
-        # -w3 * log K and carries no gradient (SPEC §8 item 4).
+        # -w3 * log K and carries no gradient (README Differences #4).
         y_term = -y_prior_weight * torch.mean(torch.sum(y_hat * -math.log(1.0 / num_classes + 1e-8), dim=1))
     else:
         # DIVERGES(original): KL(y^ || uniform) = sum_k y^ log(K y^), which does pull y^ towards the prior.
         y_term = y_prior_weight * torch.mean(torch.sum(y_hat * torch.log(y_hat.clamp_min(1e-8) * num_classes), 1))
     kl_terms = 1.0 + log_var - mu.pow(2) - log_var.exp()  # (N, d)
     if kl_reduction == "sum":
-        # NOTE(original): summed over batch and latent dims, unlike l1/l2 which are means (SPEC §8 item 4).
+        # NOTE(original): summed over batch and latent dims, unlike l1/l2 which are means (README Differences #4).
         kl = -kl_weight * torch.sum(kl_terms)
     else:
         kl = -kl_weight * torch.sum(kl_terms) / x.size(0)

@@ -1,4 +1,4 @@
-"""The co-training engine shared by every entry script: warm-up, divide, co-train, evaluate (SPEC §3).
+"""The co-training engine shared by every entry script: warm-up, divide, co-train, evaluate (docs/design.md: One run).
 
 ``CoTrainer.fit`` reads like the algorithm. Each branch is a :class:`Peer` (network, generative model,
 optimisers, loss history); the loop runs over the two of them, each trained on the split chosen by the other.
@@ -89,7 +89,8 @@ class Peer:
 
 @dataclass
 class Split:
-    """The division one peer produced for the other (SPEC §3.3): who is clean, with what probability."""
+    """The division one peer produced for the other: who is clean, with what probability (docs/design.md:
+    The divide)."""
 
     labeled: Tensor  # sample indices judged clean
     labeled_prob: Tensor  # their clean probabilities (label-refinement weights)
@@ -178,7 +179,8 @@ class CoTrainer:
 
     # ================================================================ phases ==================================
     def set_learning_rates(self, epoch: int) -> None:
-        """Step schedule of the classifiers; the generative model's Adam lr is constant (SPEC §1.2)."""
+        """Step schedule of the classifiers; the generative model's Adam lr is constant (docs/design.md:
+        Hyper-parameters)."""
         lr = self.cfg.lr / (self.cfg.lr_drop_factor if epoch >= self.cfg.lr_drop_epoch else 1.0)
         for peer in self.peers:
             for group in peer.opt.param_groups:
@@ -189,7 +191,7 @@ class CoTrainer:
                     group["betas"] = (self.cfg.vae_beta1, self.cfg.vae_beta2)
 
     def warmup_epoch(self, epoch: int, peer: Peer) -> dict[str, float]:
-        """One epoch of cross-entropy on the noisy labels, batch 2B, train augmentation (SPEC §3.2)."""
+        """One epoch of cross-entropy on the noisy labels, batch 2B, train augmentation (docs/design.md: One epoch)."""
         cfg = self.cfg
         peer.net.train()
         meters = RunningMeans()
@@ -209,14 +211,15 @@ class CoTrainer:
         means = self._check_finite(meters, epoch, peer, bar)
         if cfg.vae_fixed_subset and getattr(self.data, "last_warmup_indices", None) is not None:
             # NOTE(original): Clothing1M's VAE loader is the last warm-up subset (net2's, epoch 0), kept for
-            # the whole run (SPEC §8 item 10).
+            # the whole run (README Differences #10).
             self._vae_pool, self._vae_iter = self.data.last_warmup_indices, None
         return self._prefixed(f"train/{peer.name}/warmup", means) | {
             f"time/{peer.name}/images_per_s": seen / max(time.perf_counter() - t0, 1e-9)
         }
 
     def divide(self, peer: Peer, record: dict) -> Split:
-        """Per-sample losses of ``peer.net`` -> min-max normalise -> GMM -> clean probability (SPEC §3.3)."""
+        """Per-sample losses of ``peer.net`` -> min-max normalise -> GMM -> clean probability (docs/design.md:
+        The divide)."""
         cfg = self.cfg
         # --selection noise_rate: the same pass also records the features the noise-rate estimator needs.
         with noise_rate.HeadCapture(peer.net, enabled=peer.rate_estimator is not None) as head:
@@ -286,7 +289,8 @@ class CoTrainer:
         return Split(labeled, labeled_prob, unlabeled, gmm.prob, indices)
 
     def train_epoch(self, epoch: int, peer: Peer, other: Peer, split: Split) -> dict[str, float]:
-        """One DivideMix + generative epoch of ``peer`` on the split chosen by ``other`` (SPEC §3.4-3.5)."""
+        """One DivideMix + generative epoch of ``peer`` on the split chosen by ``other`` (docs/design.md:
+        The DivideMix step; The generative step)."""
         cfg = self.cfg
         B = cfg.batch_size
         peer.train_net.train()
