@@ -2,12 +2,12 @@
 
 The arithmetic of a run is counted, not guessed: the forward FLOPs per image of each classifier and
 generative model are measured with ``torch.utils.flop_counter`` on the real models, and the passes of one
-epoch follow the engine (docs/design.md: Where the compute goes): a co-training
-step of B labeled + B unlabeled samples makes 6B no-grad
-classifier passes (co-guessing, refinement), 4B (Clothing1M: 2B) MixMatch passes with backward (x3) and, for
-InstanceGM, 2B classifier and generative passes with backward; each net does labeled/B steps, with the labeled
-set taken as (1 - noise) of the samples it divides; every epoch adds the per-sample losses of the whole training
-set (divide) and the test (and validation) passes; warm-up epochs are 3 passes per training image and net.
+epoch follow the engine (docs/design.md: Where the compute goes): a co-training step of B labeled + B unlabeled
+samples makes 6B no-grad classifier passes (co-guessing, refinement), 4B (Clothing1M: 2B) MixMatch passes with
+backward (x3) and, for InstanceGM, 2B classifier and generative passes with backward; each net does labeled/B
+steps, with the labeled set taken as (1 - noise) of the samples it divides; every epoch adds the per-sample losses
+of the whole training set (divide) and the test (and validation) passes; warm-up epochs are 3 passes per training
+image and net.
 
 The rate that turns FLOPs into hours comes from ``benchmarks/throughput.py``'s JSON (the InstanceGM step of its
 ``device`` data path): measured on your GPU with ``python benchmarks/throughput.py --device cuda``, or, without
@@ -20,6 +20,7 @@ one, an assumed sustained rate (``--tflops``), which makes every figure an estim
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ CPU_THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput_cpu_w16_b64_off.j
 
 @dataclass(frozen=True)
 class Recipe:
-    """What one run of a dataset's preset computes (sizes from the datasets, schedule from the presets)."""
+    """What one run of a dataset's preset computes: sizes from the datasets, the rest from the preset itself."""
 
     backbone: str
     image: int
@@ -55,13 +56,34 @@ class Recipe:
     real_noise: float | None = None  # real-noise datasets: the (approximate) noise rate
 
 
+def preset_recipe(
+    script: str, dataset: str, train: int, warmup_images: int, eval_images: int, real_noise: float | None = None
+) -> Recipe:
+    """The recipe of ``script``'s preset ``dataset``, read from the preset users run (one source of truth)."""
+    cfg = importlib.import_module(script).PRESETS[dataset]
+    return Recipe(
+        cfg.backbone,
+        cfg.vae_size,
+        cfg.num_classes,
+        cfg.z_dim,
+        train,
+        warmup_images,
+        eval_images,
+        cfg.batch_size,
+        cfg.num_epochs,
+        cfg.warm_up,
+        cfg.mix_unlabeled,
+        real_noise,
+    )
+
+
 RECIPES = {
-    "cifar10": Recipe("preact_resnet18", 32, 10, 25, 50_000, 50_000, 10_000, 64, 300, 10),
-    "cifar100": Recipe("preact_resnet18", 32, 100, 25, 50_000, 50_000, 10_000, 64, 300, 30),
-    "red_mini": Recipe("preact_resnet18", 32, 100, 64, 50_000, 50_000, 5_000, 64, 300, 30),
-    "animal10n": Recipe("vgg19_bn", 64, 10, 64, 50_000, 50_000, 5_000, 64, 300, 40, real_noise=0.08),
+    "cifar10": preset_recipe("instanceGM", "cifar10", 50_000, 50_000, 10_000),
+    "cifar100": preset_recipe("instanceGM", "cifar100", 50_000, 50_000, 10_000),
+    "red_mini": preset_recipe("instanceGM_redMini", "red_mini", 50_000, 50_000, 5_000),
+    "animal10n": preset_recipe("instanceGM_animal10N", "animal10n", 50_000, 50_000, 5_000, real_noise=0.08),
     # 1000 batches: divide on 32,000 images, warm up on 64,000; 14,313 validation + 10,526 test images.
-    "clothing1m": Recipe("resnet50", 224, 14, 25, 32_000, 64_000, 24_839, 32, 80, 1, False, real_noise=0.38),
+    "clothing1m": preset_recipe("instanceGM_clothing1M", "clothing1m", 32_000, 64_000, 24_839, real_noise=0.38),
 }
 
 

@@ -301,6 +301,30 @@ def test_cost_estimate_counts_the_passes_of_a_run():
     assert run_flops(recipe, "instancegm", 0.5, net=1.0, vae=0.5) == warm + 2 * igm
 
 
+def test_cost_recipes_are_the_presets_users_run():
+    import importlib
+
+    from benchmarks.sweep_cost import RECIPES
+
+    scripts = {"red_mini": "instanceGM_redMini", "animal10n": "instanceGM_animal10N"}
+    scripts |= {"clothing1m": "instanceGM_clothing1M"}
+    for dataset, recipe in RECIPES.items():
+        cfg = importlib.import_module(scripts.get(dataset, "instanceGM")).PRESETS[dataset]
+        assert (recipe.backbone, recipe.image, recipe.classes, recipe.z_dim) == (
+            cfg.backbone,
+            cfg.vae_size,
+            cfg.num_classes,
+            cfg.z_dim,
+        )
+        assert (recipe.batch, recipe.epochs, recipe.warm_up, recipe.mix_unlabeled) == (
+            cfg.batch_size,
+            cfg.num_epochs,
+            cfg.warm_up,
+            cfg.mix_unlabeled,
+        )
+    assert RECIPES["cifar100"].warm_up == 30 and RECIPES["clothing1m"].batch == 32  # the presets' own values
+
+
 # ================================================================ hostile and odd inputs ======================
 FAKE_CELL = """\
 import os, sys, time
