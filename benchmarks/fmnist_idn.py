@@ -83,7 +83,7 @@ class Budget:
 # The full table (README "Results"): 3 rates x 5 rows x 3 seeds = 45 runs in 87 min with --jobs 2 --threads 1 on a
 # 2-core AMD EPYC (AVX2). Narrow net, 60 images per class, batch 16 so each epoch makes enough SGD steps, and the
 # original's lr 0.02: at lr 0.05 the nets memorise the labeled set they were just trained on, and the two nets' splits
-# alternate in size from one epoch to the next (results with --lr 0.05 in benchmarks/results/fmnist_idn_lr0.05/).
+# alternate in size from one epoch to the next (the --lr 0.05 results: benchmarks/results/archive/fmnist_idn_lr0.05/).
 # 12 epochs (5 warm-up, 7 co-training, the last two at lr / 10) keep the 45 runs within that time; the one-seed
 # table of three rows had 18 (`--num_epochs 18 --lr_drop_epoch 14 --rampup_length 4` reproduces it).
 FULL = Budget(
