@@ -255,6 +255,9 @@ class NamedBatches:
     def state_dict(self) -> dict:
         return {}
 
+    def identity(self) -> dict:
+        return {}
+
 
 def make_trainer(preset: str, tmp_path, monkeypatch, batch_size: int = 2):
     """The preset's engine with tiny classifiers (the generative model at the preset's resolution)."""
