@@ -46,7 +46,7 @@ def test_global_divide_is_identical_on_every_rank(tmp_path):
 FLAGS = [
     "--dataset", "fashionmnist", "--noise_rate", "0.4", "--train_subset", "600", "--balanced_subset",
     "--test_subset", "1000",
-    "--width", "8", "--lr", "0.1", "--num_epochs", "3", "--warm_up", "2", "--seed", "3",
+    "--width", "8", "--lr", "0.1", "--num_epochs", "3", "--warm_up", "2", "--seed", "3", "--device", "cpu",
 ]  # fmt: skip
 # The README's recipe for matching one process: batch B/N per process, so both runs take the same optimiser steps.
 DDP_BATCH, SINGLE_BATCH = ["--batch_size", "8"], ["--batch_size", "16"]

@@ -49,6 +49,7 @@ def _argv(base: Path, name: str, *extra: str) -> list[str]:
         "--dataset", "fashionmnist", "--method", "dividemix", "--r", "0.4", "--train_subset", "64",
         "--balanced_subset", "--test_subset", "32", "--width", "8", "--batch_size", "16", "--lr", "0.05",
         "--num_epochs", "3", "--warm_up", "1", "--seed", "5", "--log_interval", "2", "--num_workers", "0",
+        "--device", "cpu",
         "--output_dir", str(base / "runs"), "--noise_dir", str(base / "noise"), "--run_name", name, *extra,
     ]  # fmt: skip
 

@@ -144,7 +144,7 @@ def tiny_run(tmp_path_factory) -> Path:
             [
                 "--dataset", "fashionmnist", "--r", "0.4", "--train_subset", "200", "--test_subset", "500",
                 "--balanced_subset", "--width", "8", "--batch_size", "32", "--lr", "0.1", "--num_epochs", "3",
-                "--warm_up", "2", "--log_interval", "5",
+                "--warm_up", "2", "--log_interval", "5", "--device", "cpu",
                 "--output_dir", str(tmp / "runs"), "--noise_dir", str(tmp / "noise"), "--wandb", "offline",
             ]
         )  # fmt: skip

@@ -193,7 +193,7 @@ def main_run(cfg: Config) -> dict:
             if info_dist.enabled:  # per-process streams cannot be restored from rank 0's: reseed them apart
                 seed_everything(cfg.seed + info_dist.rank + 7919 * (state["epoch"] + 1), cfg.deterministic)
             else:
-                restore_rng_state(state["rng"])
+                restore_rng_state(state["rng"], device)
             start_epoch, history, best, vae_pool = (
                 state["epoch"] + 1,
                 state["history"],

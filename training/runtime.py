@@ -75,7 +75,12 @@ def eval_batch_size(cfg, device: torch.device) -> int:
 
 # ---------------------------------------------------------------- RNG state --------------------------------
 # Stored as plain tensors/ints/lists so checkpoints load with torch.load(weights_only=True).
-def capture_rng_state() -> dict:
+def capture_rng_state(device: torch.device | None = None) -> dict:
+    """Python, numpy and torch CPU streams, plus the CUDA stream of ``device`` alone when it is a GPU.
+
+    Only the run's own GPU is read: asking for every visible GPU's state creates a CUDA context on each of
+    them (on GPU 0 even for a CPU run), which breaks forked children and occupies memory on other runs' GPUs.
+    """
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
@@ -88,19 +93,44 @@ def capture_rng_state() -> dict:
         },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Put back what :func:`capture_rng_state` saved; the CUDA stream goes to ``device`` (warned when it cannot)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    on_gpu = device is not None and device.type == "cuda"
+    saved = state.get("cuda_device")
+    if saved is None and "cuda" in state:  # checkpoints that held every visible GPU's stream
+        streams = state["cuda"]
+        index = (device.index or 0) if on_gpu else 0
+        if on_gpu and len(streams) != torch.cuda.device_count():
+            log.warning(
+                "the checkpoint holds the CUDA random streams of %d GPU(s), %d are visible now: the stream of "
+                "GPU %d is restored from the checkpoint's GPU %d, so the run is not bit-identical to an "
+                "uninterrupted one",
+                len(streams),
+                torch.cuda.device_count(),
+                index,
+                min(index, len(streams) - 1),
+            )
+        saved = streams[min(index, len(streams) - 1)] if streams else None
+    if on_gpu and saved is not None:
+        torch.cuda.set_rng_state(saved, device)
+    elif on_gpu or saved is not None:
+        log.warning(
+            "the checkpoint was saved on %s and is resumed on %s: the GPU random stream (augmentation and sampling "
+            "noise drawn on the GPU) starts afresh, so the run is not bit-identical "
+            "to an uninterrupted one",
+            "a GPU" if saved is not None else "the CPU",
+            device,
+        )
 
 
 # ---------------------------------------------------------------- provenance -------------------------------

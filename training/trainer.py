@@ -508,7 +508,7 @@ class CoTrainer:
             "peers": {peer.name: peer.state_dict() for peer in self.peers},
             "best": self.best,
             "history": self.history,
-            "rng": capture_rng_state(),
+            "rng": capture_rng_state(self.device),
             "data": self.data.state_dict(),
             "vae_pool": self._vae_pool,
             "git_sha": git_sha(),

@@ -1,0 +1,97 @@
+"""The GPU code path, decided and checked on the CPU: which CUDA calls a run makes, what it records, what it
+restores. Where a GPU is needed, torch.cuda's functions are replaced by fakes that record their calls; tests that
+need a real GPU are marked ``cuda`` and skipped without one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import instanceGM
+from training import runtime
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+class CudaCalls:
+    """Replaces torch.cuda's device functions: ``is_available`` says yes, every other call is recorded."""
+
+    def __init__(self, monkeypatch, count: int = 1, fail: bool = True):
+        self.calls: list[tuple] = []
+        self.count = count
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all", "set_device", "init"):
+            monkeypatch.setattr(torch.cuda, name, self._recorder(name, fail))
+
+    def _recorder(self, name: str, fail: bool):
+        def call(*args, **kwargs):
+            self.calls.append((name, *args))
+            if fail:
+                raise RuntimeError(f"torch.cuda.{name} called")
+            return torch.zeros(16, dtype=torch.uint8) if name.startswith("get_rng") else None
+
+        return call
+
+
+def test_cpu_rng_state_never_touches_cuda(monkeypatch):
+    cuda = CudaCalls(monkeypatch)
+    state = runtime.capture_rng_state(torch.device("cpu"))
+    runtime.restore_rng_state(state, torch.device("cpu"))
+    assert cuda.calls == [] and "cuda" not in state and "cuda_device" not in state
+
+
+def test_gpu_rng_state_is_the_run_devices_alone(monkeypatch):
+    cuda = CudaCalls(monkeypatch, count=4, fail=False)
+    state = runtime.capture_rng_state(torch.device("cuda", 2))
+    assert [c[0] for c in cuda.calls] == ["get_rng_state"] and cuda.calls[0][1] == torch.device("cuda", 2)
+    cuda.calls.clear()
+    runtime.restore_rng_state(state, torch.device("cuda", 1))  # another GPU of the same kind: its stream
+    assert [c[0] for c in cuda.calls] == ["set_rng_state"] and cuda.calls[0][2] == torch.device("cuda", 1)
+
+
+@needs_fmnist
+def test_cpu_run_on_a_machine_with_a_gpu_makes_no_cuda_call(tmp_path, monkeypatch):
+    cuda = CudaCalls(monkeypatch)
+    argv = [
+        "--dataset", "fashionmnist", "--method", "ce", "--train_subset", "32", "--test_subset", "16", "--width", "4",
+        "--batch_size", "16", "--num_epochs", "1", "--num_workers", "0", "--device", "cpu",
+        "--output_dir", str(tmp_path / "runs"), "--noise_dir", str(tmp_path / "noise"), "--run_name", "cpu",
+    ]  # fmt: skip
+    instanceGM.main(argv)
+    assert cuda.calls == []
+    assert json.loads((tmp_path / "runs" / "cpu" / "config.json").read_text())["environment"]["device"] == "cpu"
+
+
+@pytest.mark.cuda
+def test_cuda_rng_state_round_trip_on_a_gpu():
+    device = torch.device("cuda", torch.cuda.current_device())
+    state = runtime.capture_rng_state(device)
+    first = torch.rand(4, device=device)
+    runtime.restore_rng_state(state, device)
+    assert torch.equal(torch.rand(4, device=device), first)
+
+
+def test_resume_on_another_gpu_count_or_device_kind_warns(monkeypatch, caplog):
+    cuda = CudaCalls(monkeypatch, count=2, fail=False)
+    state = runtime.capture_rng_state(torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="training"):
+        # the earlier format: every visible GPU's stream, here of a 4-GPU machine
+        runtime.restore_rng_state(state | {"cuda": [torch.zeros(16, dtype=torch.uint8)] * 4}, torch.device("cuda", 1))
+    assert "CUDA random streams of 4 GPU(s), 2 are visible now" in caplog.text
+    assert [c[0] for c in cuda.calls] == ["set_rng_state"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="training"):
+        runtime.restore_rng_state(state, torch.device("cuda", 0))  # saved by a CPU run, resumed on a GPU
+    assert "saved on the CPU and is resumed on cuda:0" in caplog.text
+    caplog.clear()
+    gpu_state = runtime.capture_rng_state(torch.device("cuda", 0))
+    with caplog.at_level(logging.WARNING, logger="training"):
+        runtime.restore_rng_state(gpu_state, torch.device("cpu"))
+    assert "saved on a GPU and is resumed on cpu" in caplog.text
