@@ -95,3 +95,42 @@ def test_resume_on_another_gpu_count_or_device_kind_warns(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="training"):
         runtime.restore_rng_state(gpu_state, torch.device("cpu"))
     assert "saved on a GPU and is resumed on cpu" in caplog.text
+
+
+def _tiny_trainer(module, tmp_path: Path, **overrides):
+    from training.config import Config
+    from training.launch import build_peers
+    from training.metrics import MetricSink
+    from training.trainer import CoTrainer
+
+    cfg = Config(dataset="tiny", num_classes=10, width=4, batch_size=16, num_epochs=2, warm_up=1, device="cpu")
+    cfg = cfg.replace(**overrides)
+    torch.manual_seed(0)
+    peers = build_peers(cfg, torch.device("cpu"))
+    autocast = runtime.autocast_factory("off", torch.device("cpu"))
+    return CoTrainer(cfg, module, peers, torch.device("cpu"), autocast, MetricSink(tmp_path), tmp_path)
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resumed(tiny_module, tmp_path):
+    from training import checkpoint as ckpt_lib
+    from training.trainer import Split
+
+    trainer = _tiny_trainer(tiny_module, tmp_path)
+    # --amp fp16 needs CUDA; the scaler's own logic (scale, unscale, skip on inf, grow) runs on the CPU too.
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**7, growth_interval=3)
+    peer, other = trainer.peers
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in (("net", peer.net), ("vae", peer.vae))}
+    n = len(tiny_module.noisy_labels)
+    split = Split(torch.arange(n // 2), torch.ones(n // 2), torch.arange(n // 2, n), torch.ones(n), torch.arange(n))
+    trainer.train_epoch(1, peer, other, split)  # two steps of the joint (DivideMix + generative) loss
+    for name, module in (("net", peer.net), ("vae", peer.vae)):  # both optimisers stepped through the scaler
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters())), name
+    assert peer.opt_vae.state and peer.opt.state
+    trainer.scaler.update(2.0**5)  # as after an overflow: a scale the default 2^16 would not reproduce
+    trainer.save_checkpoint(0)
+    saved = ckpt_lib.load(tmp_path / ckpt_lib.FILENAME)
+    assert saved["scaler"] == trainer.scaler.state_dict() and saved["scaler"]["_growth_tracker"] == 2
+    resumed = _tiny_trainer(tiny_module, tmp_path)
+    resumed.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    resumed.resume_from(saved)
+    assert resumed.scaler.get_scale() == 2.0**5 and resumed.scaler.state_dict() == saved["scaler"]

@@ -185,7 +185,7 @@ def main_run(cfg: Config) -> dict:
         data.set_distributed(info_dist.rank, info_dist.world_size, cfg.seed)
         faults.point("build_peers")
         peers = build_peers(cfg, device)
-        start_epoch, history, best, vae_pool = 0, [], {}, None
+        start_epoch, history, best = 0, [], {}
         if state is not None:
             for peer in peers:
                 peer.load_state_dict(state["peers"][peer.name])
@@ -194,12 +194,7 @@ def main_run(cfg: Config) -> dict:
                 seed_everything(cfg.seed + info_dist.rank + 7919 * (state["epoch"] + 1), cfg.deterministic)
             else:
                 restore_rng_state(state["rng"], device)
-            start_epoch, history, best, vae_pool = (
-                state["epoch"] + 1,
-                state["history"],
-                state["best"],
-                state["vae_pool"],
-            )
+            start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             upcoming = f"next: epoch {start_epoch + 1}" if start_epoch < cfg.num_epochs else "nothing left to train"
             log.info("resumed from %s after epoch %d of %d; %s", resume_path, start_epoch, cfg.num_epochs, upcoming)
         if main:  # the checkpoint's history is the reference for metrics.jsonl, splits.pt and summary.json
@@ -222,7 +217,8 @@ def main_run(cfg: Config) -> dict:
         trainer = CoTrainer(
             cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best, dist_info=info_dist
         )
-        trainer._vae_pool = vae_pool
+        if state is not None:
+            trainer.resume_from(state)
         try:
             summary = trainer.fit()
         finally:

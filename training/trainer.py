@@ -126,6 +126,12 @@ class CoTrainer:
         self._vae_iter: Iterator | None = None
         self._vae_pool: Tensor | None = None  # Clothing1M: the fixed subset the VAE batches come from
 
+    def resume_from(self, state: dict) -> None:
+        """The run state a checkpoint carries beyond the peers' weights and optimisers."""
+        self._vae_pool = state["vae_pool"]
+        if state.get("scaler") and self.scaler.is_enabled():  # a checkpoint of another --amp has none to give
+            self.scaler.load_state_dict(state["scaler"])
+
     # ================================================================ the algorithm ==========================
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -511,6 +517,9 @@ class CoTrainer:
             "rng": capture_rng_state(self.device),
             "data": self.data.state_dict(),
             "vae_pool": self._vae_pool,
+            # fp16: the loss scale and its growth counter; without them a resume restarts at 2^16 and skips
+            # the steps whose gradients overflow until the scale has backed off again ({} when disabled).
+            "scaler": self.scaler.state_dict(),
             "git_sha": git_sha(),
         }
         ckpt_lib.save_atomic(state, self.run_dir / ckpt_lib.FILENAME)
