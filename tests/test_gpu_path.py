@@ -56,17 +56,43 @@ def test_gpu_rng_state_is_the_run_devices_alone(monkeypatch):
     assert [c[0] for c in cuda.calls] == ["set_rng_state"] and cuda.calls[0][2] == torch.device("cuda", 1)
 
 
-@needs_fmnist
-def test_cpu_run_on_a_machine_with_a_gpu_makes_no_cuda_call(tmp_path, monkeypatch):
-    cuda = CudaCalls(monkeypatch)
+def _tiny_run(tmp_path: Path, name: str, *extra: str) -> dict:
+    """A few-second CPU run (cross-entropy, 1 epoch); returns its config.json."""
     argv = [
         "--dataset", "fashionmnist", "--method", "ce", "--train_subset", "32", "--test_subset", "16", "--width", "4",
         "--batch_size", "16", "--num_epochs", "1", "--num_workers", "0", "--device", "cpu",
-        "--output_dir", str(tmp_path / "runs"), "--noise_dir", str(tmp_path / "noise"), "--run_name", "cpu",
+        "--output_dir", str(tmp_path / "runs"), "--noise_dir", str(tmp_path / "noise"), "--run_name", name, *extra,
     ]  # fmt: skip
     instanceGM.main(argv)
+    return json.loads((tmp_path / "runs" / name / "config.json").read_text())
+
+
+@needs_fmnist
+def test_cpu_run_on_a_machine_with_a_gpu_makes_no_cuda_call(tmp_path, monkeypatch):
+    cuda = CudaCalls(monkeypatch)
+    assert _tiny_run(tmp_path, "cpu")["environment"]["device"] == "cpu"
     assert cuda.calls == []
-    assert json.loads((tmp_path / "runs" / "cpu" / "config.json").read_text())["environment"]["device"] == "cpu"
+
+
+@needs_fmnist
+def test_tf32_switches_are_set_and_recorded(tmp_path):
+    flags = ("torch.backends.cudnn.allow_tf32", "torch.backends.cuda.matmul.allow_tf32")
+    saved = runtime.tf32_flags()
+    try:
+        # each run must set both, whatever the process had before
+        for mode, before, expected in (("all", False, True), ("off", True, False)):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = before
+            info = _tiny_run(tmp_path, mode, "--tf32", mode)
+            assert info["config"]["tf32"] == mode
+            assert info["environment"]["tf32"] == {flags[0]: expected, flags[1]: expected}
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (expected, expected)
+        # the default: convolutions in TF32, matmuls in IEEE fp32
+        info = _tiny_run(tmp_path, "default")
+        assert info["config"]["tf32"] == "conv"
+        assert info["environment"]["tf32"] == {flags[0]: True, flags[1]: False}
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[flags[0]]
+        torch.backends.cuda.matmul.allow_tf32 = saved[flags[1]]
 
 
 @pytest.mark.cuda

@@ -200,6 +200,12 @@ class Config:
         "1.3x faster with AMX",
         ("off", "bf16", "fp16"),
     )
+    tf32: str = opt(
+        "conv",
+        "TF32 on Ampere and newer GPUs: conv: cuDNN convolutions only (PyTorch's default since 1.12; the original's "
+        "convolutions under every PyTorch); all: matmuls too (PyTorch <= 1.11); off: IEEE fp32 throughout",
+        ("conv", "all", "off"),
+    )
     log_interval: int = opt(50, "steps between progress-bar/loss updates (each one is a host sync)")
 
     # ------------------------------------------------------------------

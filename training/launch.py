@@ -24,6 +24,7 @@ from training.runtime import (
     resolve_device,
     restore_rng_state,
     seed_everything,
+    set_tf32,
 )
 from training.trainer import CoTrainer, Peer
 
@@ -166,6 +167,7 @@ def main_run(cfg: Config) -> dict:
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
         seed_everything(cfg.seed + info_dist.rank, cfg.deterministic)
+        set_tf32(cfg.tf32)
         autocast = autocast_factory(cfg.amp, device)
         log.info(
             "run folder %s | device %s | method %s | processes %d", run_dir, device, cfg.method, info_dist.world_size

@@ -43,6 +43,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+TF32_FLAGS = ("torch.backends.cudnn.allow_tf32", "torch.backends.cuda.matmul.allow_tf32")
+
+
+def set_tf32(mode: str) -> dict[str, bool]:
+    """Set both TF32 switches for ``--tf32`` (conv, all, off); returns them as :func:`tf32_flags` does.
+
+    Set explicitly rather than left to the installed PyTorch, whose matmul default changed in 1.12: a run's
+    precision then depends on its flags alone (README, "Precision").
+    """
+    torch.backends.cudnn.allow_tf32 = mode in ("conv", "all")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "all"
+    return tf32_flags()
+
+
+def tf32_flags() -> dict[str, bool]:
+    """The TF32 switches in force, under their PyTorch names (recorded in config.json)."""
+    return {
+        TF32_FLAGS[0]: bool(torch.backends.cudnn.allow_tf32),
+        TF32_FLAGS[1]: bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument factory of the autocast context for the network forwards (``off``: a no-op)."""
     if amp == "off":
@@ -158,6 +180,7 @@ def environment_info(device: torch.device) -> dict:
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
+        "tf32": tf32_flags(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
