@@ -160,3 +160,56 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(tiny_module, tmp_path):
     resumed.scaler = torch.amp.GradScaler("cpu", enabled=True)
     resumed.resume_from(saved)
     assert resumed.scaler.get_scale() == 2.0**5 and resumed.scaler.state_dict() == saved["scaler"]
+
+
+@pytest.mark.isolated
+def test_bf16_autocast_keeps_the_generative_samples_and_x_hat_in_fp32():
+    from models import build_classifier, build_vae
+
+    torch.manual_seed(0)
+    net, vae = build_classifier("preact_resnet18", 10, width=4), build_vae(32, 10, 25)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vae(x, net)
+    assert out.logits.dtype == torch.bfloat16  # the networks do run in bf16
+    assert out.y_hat.dtype == torch.float32 and out.x_hat.dtype == torch.float32
+    assert ((out.x_hat > 0.5) & (out.x_hat < 0.7311)).all()  # the original's double sigmoid, in fp32
+    # y_hat sums to one in fp32 precision (bf16 noise or softmax would be off by ~1e-2)
+    assert torch.allclose(out.y_hat.sum(1), torch.ones(4), atol=1e-5)
+
+
+def test_bf16_on_a_gpu_without_bf16_units_is_one_clear_error(monkeypatch):
+    from training.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(ConfigError, match="Tesla V100-SXM2-16GB has no bf16 units .*use --amp fp16 or off"):
+        runtime.autocast_factory("bf16", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert runtime.autocast_factory("bf16", torch.device("cuda", 0)) is not None
+
+
+def test_an_explicit_gpu_becomes_the_current_device(monkeypatch):
+    from training.config import ConfigError
+
+    cuda = CudaCalls(monkeypatch, count=2, fail=False)
+    device = runtime.resolve_device("cuda:1")
+    runtime.use_device(device)
+    assert cuda.calls == [("set_device", torch.device("cuda", 1))]
+    with pytest.raises(ConfigError, match="2 GPU"):
+        runtime.resolve_device("cuda:2")
+
+
+def test_one_gpu_per_process_launchers(monkeypatch):
+    from training import distributed as dist_lib
+
+    cuda = CudaCalls(monkeypatch, count=1, fail=False)  # CUDA_VISIBLE_DEVICES gave this process one GPU
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    info = dist_lib.init_distributed("auto")
+    assert info.backend == "nccl" and cuda.calls == [("set_device", 0)]
+    assert dist_lib.device_for(info, torch.device("cuda")) == torch.device("cuda", 0)
+    cuda.count = 4  # torchrun: every process sees the node's GPUs
+    assert dist_lib.device_for(info, torch.device("cuda")) == torch.device("cuda", 3)

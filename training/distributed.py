@@ -46,17 +46,27 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_gpu(local_rank))
     if not dist.is_initialized():
         # A rank that fails makes torchrun stop the others; the timeout only bounds a silent hang.
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank, world_size, local_rank, backend)
 
 
+def local_gpu(local_rank: int) -> int:
+    """The GPU index of process ``local_rank`` among those it sees.
+
+    ``local_rank`` itself when the process sees every GPU of its node (torchrun); 0 under launchers that give
+    each process one GPU of its own through CUDA_VISIBLE_DEVICES (Slurm's ``--gpus-per-task``, some MPI set-ups),
+    where ``cuda:local_rank`` does not exist.
+    """
+    return local_rank % max(torch.cuda.device_count(), 1)
+
+
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
-    """One process per device: under NCCL, process ``local_rank`` uses ``cuda:local_rank``."""
+    """One process per device: under NCCL, process ``local_rank`` uses its own GPU (:func:`local_gpu`)."""
     if info.enabled and device.type == "cuda":
-        return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", local_gpu(info.local_rank))
     return device
 
 

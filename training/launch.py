@@ -25,6 +25,7 @@ from training.runtime import (
     restore_rng_state,
     seed_everything,
     set_tf32,
+    use_device,
 )
 from training.trainer import CoTrainer, Peer
 
@@ -165,6 +166,7 @@ def main_run(cfg: Config) -> dict:
         setup_logging(run_dir if main else None, quiet=not main)
         logging_to_run_dir = main
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
+        use_device(device)
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
         seed_everything(cfg.seed + info_dist.rank, cfg.deterministic)
         set_tf32(cfg.tf32)

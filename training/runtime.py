@@ -29,7 +29,19 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: {torch.cuda.device_count()} GPU(s) are visible here (cuda:0 onwards; "
+            "CUDA_VISIBLE_DEVICES renumbers them)"
+        )
     return device
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` the current CUDA device: kernels, cuDNN handles and the allocator of tensors created
+    without a device (``torch.cuda.current_device()``) then live there rather than on GPU 0."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -72,7 +84,17 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or off")
+    if amp == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
+        raise ConfigError(
+            f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 units (compute capability below 8.0); "
+            "use --amp fp16 or off"
+        )
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Native bf16 on this GPU; emulated bf16 (which recent PyTorch reports as supported) is far slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def eval_batch_size(cfg, device: torch.device) -> int:
