@@ -733,7 +733,7 @@ def measure_profile(bench: Bench) -> dict[str, Any]:
 
     modules = [m for p in bench.peers for part in (p.net, p.vae) for m in part.modules()]
     hooks = [
-        m.register_forward_hook(count) for m in modules if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+        m.register_forward_hook(count) for m in modules if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
     ]
     bench.floor_step(t, True)
     for h in hooks:
