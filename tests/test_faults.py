@@ -437,3 +437,42 @@ def test_unreadable_noise_file_advice_depends_on_who_made_it(tmp_path):
     with pytest.raises(ValueError) as err:
         tools.load_label_file(tmp_path / "mine.npy")  # the user's --noise_file: theirs to replace, not delete
     assert "pass a .npy or .pt file of integer labels" in str(err.value) and "delete" not in str(err.value)
+
+
+def _foreign_lock(run_dir: Path, minutes_ago: float) -> None:
+    (run_dir / "run.lock").write_text(json.dumps({"pid": 1, "host": "node-7", "start": None, "since": "earlier"}))
+    stamp = time.time() - 60 * minutes_ago
+    os.utime(run_dir / "run.lock", (stamp, stamp))
+
+
+def test_lock_of_another_host_is_taken_over_after_its_heartbeat_stops_or_by_force(tmp_path, caplog):
+    _foreign_lock(tmp_path, minutes_ago=3)  # a container or node that still beats
+    with pytest.raises(rundir.RunFolderError, match=r"process 1 on node-7 .*heartbeat was 3\.0 min ago.*after 10 min"):
+        rundir.RunLock(tmp_path, stale_after_s=600).acquire()
+    with pytest.raises(rundir.RunFolderError, match="--force_unlock"):
+        rundir.RunLock(tmp_path, stale_after_s=0).acquire()
+    _foreign_lock(tmp_path, minutes_ago=25)
+    with pytest.raises(rundir.RunFolderError):  # 0: another host's lock is never taken over by age
+        rundir.RunLock(tmp_path, stale_after_s=0).acquire()
+    lock = rundir.RunLock(tmp_path, stale_after_s=600).acquire()
+    assert "taking over the lock of process 1 on node-7 (no heartbeat for 25.0 min" in caplog.text
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    _foreign_lock(tmp_path, minutes_ago=0)
+    lock = rundir.RunLock(tmp_path, stale_after_s=600, force=True).acquire()
+    assert "the lock of process 1 on node-7 (--force_unlock" in caplog.text
+    lock.release()
+
+
+def test_the_owner_refreshes_its_lock(tmp_path):
+    lock = rundir.RunLock(tmp_path, heartbeat_s=0.05).acquire()
+    try:
+        old = time.time() - 3600
+        os.utime(tmp_path / "run.lock", (old, old))
+        deadline = time.monotonic() + 10
+        while (tmp_path / "run.lock").stat().st_mtime < old + 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert time.time() - (tmp_path / "run.lock").stat().st_mtime < 60
+    finally:
+        lock.release()
+    assert not (tmp_path / "run.lock").exists()

@@ -174,6 +174,14 @@ class Config:
     output_dir: str = opt("./runs", "parent folder of run folders")
     run_name: str = opt("", "run folder name (empty: <dataset>_<noise>_<method>_seed<seed>)")
     resume: str = opt("", "auto: continue this run from its checkpoint, if any; or the path of a checkpoint.pt")
+    lock_stale_min: float = opt(
+        10.0,
+        "a run.lock of another host (node, container) whose heartbeat (refreshed every minute) is older than this "
+        "is taken over, with a warning; 0: never (the lock of a dead process on this host always is)",
+    )
+    force_unlock: bool = opt(
+        False, "take over the run folder's lock of another host now (you know that run has stopped)"
+    )
     wandb: str = opt("off", "wandb dashboards (offline: into the run folder, no account)", ("off", "offline", "online"))
     wandb_project: str = opt("instanceGM", "wandb project name")
     sync_bn: bool = opt(False, "multi-process runs: SyncBatchNorm across processes (off: per-process BN)")

@@ -133,7 +133,14 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
 
 def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
     """The locked run folder and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
-    return rundir.open_run_folder(cfg.output_dir, cfg.run_name or cfg.default_run_name(), cfg.resume, create)
+    return rundir.open_run_folder(
+        cfg.output_dir,
+        cfg.run_name or cfg.default_run_name(),
+        cfg.resume,
+        create,
+        stale_after_s=60.0 * cfg.lock_stale_min,
+        force_unlock=cfg.force_unlock,
+    )
 
 
 class RunInterrupted(KeyboardInterrupt):
