@@ -476,3 +476,24 @@ def test_the_owner_refreshes_its_lock(tmp_path):
     finally:
         lock.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+@needs_fmnist
+def test_sigterm_releases_the_lock_keeps_the_checkpoint_and_the_run_resumes(base, reference):
+    # `docker stop`, a Slurm requeue or pre-emption: SIGTERM during epoch 1, after epoch 0's checkpoint
+    ready = base / "term.ready"
+    proc = _fork(base, "term", "epoch1/train/net1", action="wait", ready=ready)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and proc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the run did not reach epoch 1"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    assert proc.exitcode == 128 + signal.SIGTERM
+    run_dir = base / "runs" / "term"
+    assert not (run_dir / "run.lock").exists() and list(run_dir.glob("*.tmp")) == []
+    assert _ckpt_epoch(run_dir) == 0 and _epochs(run_dir) == [0]
+    log_txt = (run_dir / "log.txt").read_text()
+    assert f"stopped by SIGTERM: the last completed epoch is in {run_dir / 'checkpoint.pt'}" in log_txt
+    assert _run(base, "term", "--resume", "auto") == 0
+    _assert_same_run(run_dir, reference)

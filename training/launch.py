@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -144,15 +147,60 @@ def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``str()`` says what was saved and how to continue."""
+    """Ctrl-C (or a stop signal) during a run; ``str()`` says what was saved and how to continue."""
+
+    signum: int | None = None  # the signal that stopped the run (None: Ctrl-C)
 
 
-def _interrupted(run_dir: Path) -> RunInterrupted:
+class RunSignalled(KeyboardInterrupt):
+    """Raised by the handler of a stop signal: the run unwinds as after a Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# SIGTERM: `docker stop`, Slurm's cancel, requeue and pre-emption, torchrun passing its own on; SIGUSR1/SIGUSR2:
+# what `sbatch --signal` and submitit send ahead of a time limit. Their default actions end the process without
+# releasing run.lock, and Python as a container's PID 1 ignores SIGTERM altogether.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While a run trains, a stop signal ends it as Ctrl-C does: the last completed epoch's checkpoint stays,
+    the lock is released, one line says how to continue. Further signals are ignored until it has unwound."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def handler(signum, _frame):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise RunSignalled(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupted(run_dir: Path, signum: int | None = None) -> RunInterrupted:
     if (run_dir / ckpt_lib.FILENAME).exists():
-        return RunInterrupted(
+        stop = RunInterrupted(
             f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with --resume auto"
         )
-    return RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
+    else:
+        stop = RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
+    stop.signum = signum
+    return stop
+
+
+def _stopped_by(err: BaseException) -> str:
+    signum = getattr(err, "signum", None)
+    return "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
 
 
 def main_run(cfg: Config) -> dict:
@@ -160,9 +208,14 @@ def main_run(cfg: Config) -> dict:
 
     Under torchrun every process runs this; rank 0 alone takes the run folder's lock and writes its files.
     """
+    cfg = apply_smoke(cfg.validate())
+    with stop_on_signals():
+        return _main_run(cfg)
+
+
+def _main_run(cfg: Config) -> dict:
     from dataloaders import build_data
 
-    cfg = apply_smoke(cfg.validate())
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
     folder = None
@@ -257,7 +310,7 @@ def main_run(cfg: Config) -> dict:
         # Ctrl-C and write failures become one line that says what was kept; the run's log.txt gets it too.
         failure: BaseException | None = err
         if isinstance(err, KeyboardInterrupt) and folder is not None and not isinstance(err, RunInterrupted):
-            failure = _interrupted(folder.path)
+            failure = _interrupted(folder.path, getattr(err, "signum", None))
         elif isinstance(err, OSError):
             failure = rundir.write_error(err, folder.path if folder else None) or err
         if logging_to_run_dir:
@@ -274,7 +327,7 @@ def main_run(cfg: Config) -> dict:
 def log_failure(err: BaseException) -> None:
     """Put the error that ended a run into its log.txt (the console shows it already, once)."""
     if isinstance(err, KeyboardInterrupt):
-        message, exc_info = f"interrupted: {err}" if str(err) else "interrupted", None
+        message, exc_info = f"{_stopped_by(err)}: {err}" if str(err) else _stopped_by(err), None
     elif _is_user_error(err):
         message, exc_info = f"error: {err}", None
     else:  # a bug or an environment problem: the traceback is what a report needs
@@ -345,8 +398,9 @@ def run(
         return main_run(cfg)
     except KeyboardInterrupt as err:
         detail = str(err) if isinstance(err, RunInterrupted) else "during start-up, before the first epoch completed"
-        print(f"interrupted {detail}", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"{_stopped_by(err)} {detail}", file=sys.stderr)
+        signum = getattr(err, "signum", None)
+        raise SystemExit(130 if signum is None else 128 + signum) from None
     except Exception as err:
         if not _is_user_error(err):
             raise
