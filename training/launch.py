@@ -253,9 +253,10 @@ def _main_run(cfg: Config) -> dict:
         if state is not None:
             for peer in peers:
                 peer.load_state_dict(state["peers"][peer.name])
-            data.load_state_dict(state["data"])
+            resumed_seed = cfg.seed + 7919 * (state["epoch"] + 1)
+            data.resume(state["data"], resumed_seed)
             if info_dist.enabled:  # per-process streams cannot be restored from rank 0's: reseed them apart
-                seed_everything(cfg.seed + info_dist.rank + 7919 * (state["epoch"] + 1), cfg.deterministic)
+                seed_everything(resumed_seed + info_dist.rank, cfg.deterministic)
             else:
                 restore_rng_state(state["rng"], device)
             start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
