@@ -33,6 +33,7 @@ def test_global_divide_is_identical_on_every_rank(tmp_path):
     results = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in results:
         assert r["probs_identical"] and r["weights_identical"]  # same division; DDP kept the nets in sync
+        assert r["bn_identical"]  # and the BatchNorm statistics the eval-mode passes use
         assert r["evaluated"] == 203 and r["indices_sorted"]  # uneven shards gathered in index order
     assert results[0]["labeled"] == results[1]["labeled"]
     assert results[0]["test_acc"] == results[1]["test_acc"]  # test counts are all-reduced

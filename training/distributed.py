@@ -125,6 +125,24 @@ def all_reduce_sum(info: DistInfo, tensor: Tensor) -> Tensor:
     return buf.to(tensor.device)
 
 
+def average_buffers(info: DistInfo, *modules: torch.nn.Module | None) -> None:
+    """Replace every floating-point buffer (BatchNorm running mean and variance) by its mean over the ranks.
+
+    Each rank's running statistics are an exponential moving average of its own batches' statistics; the EMA is
+    linear, so the mean over ranks is the EMA of the mean batch statistics: exactly single-process training's
+    running mean over the same global batches, and its running variance less the spread between the ranks' batch
+    means (broadcasting rank 0's would keep the statistics of a quarter, a half... of the data instead).
+    """
+    if not info.enabled:
+        return
+    for module in modules:
+        if module is None:
+            continue
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                buf.copy_(all_reduce_sum(info, buf) / info.world_size)
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

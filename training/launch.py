@@ -344,7 +344,9 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
 
     The classifier runs two forwards with gradient per step (MixMatch and the generative model's Gumbel
     sample) before the one backward; autograd sums a parameter's gradient before DDP's hook sees it, so one
-    all-reduce per step covers both.
+    all-reduce per step covers both. Buffers are not broadcast at every forward: each rank keeps the running
+    statistics of its own batches, and the trainer averages them at the end of every training phase
+    (``distributed.average_buffers``), which is closer to one process's statistics than rank 0's alone.
     """
     if not info.enabled:
         if cfg.sync_bn:
@@ -358,11 +360,11 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
     for peer in peers:
         if cfg.sync_bn:
             peer.net = nn.SyncBatchNorm.convert_sync_batchnorm(peer.net)
-        peer.ddp_net = DDP(peer.net, device_ids=ids)
+        peer.ddp_net = DDP(peer.net, device_ids=ids, broadcast_buffers=False)
         if peer.vae is not None:
             if cfg.sync_bn:
                 peer.vae = nn.SyncBatchNorm.convert_sync_batchnorm(peer.vae)
-            peer.ddp_vae = DDP(peer.vae, device_ids=ids)
+            peer.ddp_vae = DDP(peer.vae, device_ids=ids, broadcast_buffers=False)
 
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback. Looked up

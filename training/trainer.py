@@ -210,6 +210,8 @@ class CoTrainer:
             if (i + 1) % cfg.log_interval == 0:
                 self._check_finite(meters, epoch, peer, bar)
         means = self._check_finite(meters, epoch, peer, bar)
+        # Every rank's BatchNorm statistics the same before they are used (eval-mode peer, divide, test, checkpoint)
+        dist_lib.average_buffers(self.dist, peer.net)
         if cfg.vae_fixed_subset and getattr(self.data, "last_warmup_indices", None) is not None:
             # NOTE(original): Clothing1M's VAE loader is the last warm-up subset (net2's, epoch 0), kept for
             # the whole run (SPEC §8 item 10).
@@ -365,6 +367,7 @@ class CoTrainer:
             if (i + 1) % cfg.log_interval == 0:
                 self._check_finite(meters, epoch, peer, bar)
         means = self._check_finite(meters, epoch, peer, bar)
+        dist_lib.average_buffers(self.dist, peer.net, peer.vae)  # as after the warm-up
         means["lambda_u"] = dividemix.linear_rampup(epoch + 1, cfg.warm_up, cfg.lambda_u, cfg.rampup_length)
         return self._prefixed(f"train/{peer.name}", means) | {
             f"time/{peer.name}/images_per_s": seen / max(time.perf_counter() - t0, 1e-9)
