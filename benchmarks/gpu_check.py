@@ -15,6 +15,13 @@ Three parts, each with its own time budget:
 (c) ``train``: the Fashion-MNIST preset (60,000 images padded to 32x32x3, IDN 40 %, width 64) for as many
     epochs as fit in ``--train_budget_s``, with the test accuracy of every epoch.
 
+Each part has a time budget (``--phases_budget_s``, ``--options_budget_s``; the training run gets what is left
+of ``--budget_s``, at most ``--train_budget_s``), printed with its spend. The defaults are sized for 8 minutes on
+one GPU, start-up included; part (a)'s size is fixed by its arguments, so its budget is reported against, not
+enforced. A part or an option that fails on this machine is reported as skipped with its reason and the check
+goes on; the report is written after every part, so a check stopped by a timeout still leaves one. Parts (a)
+and (b) run with cudnn.benchmark on, as training does.
+
 Writes ``OUT_DIR/gpu_check.md``, ``OUT_DIR/gpu_check.json`` and (matplotlib permitting) ``gpu_check.png``. Needs
 only torch, torchvision, numpy, scipy, scikit-learn, tqdm (matplotlib for the figure); wandb is never imported.
 """
@@ -60,26 +67,35 @@ def throughput_args(args: argparse.Namespace, device: torch.device) -> argparse.
     return throughput.parse_args(argv)
 
 
-def run_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """(a) the phases per data path and (b) the network options, through ``benchmarks/throughput.py``."""
-    targs = throughput_args(args, device)
-    cfg = Config(
+def _bench_config(targs: argparse.Namespace, device: torch.device) -> Config:
+    return Config(
         dataset="cifar10", num_classes=10, width=targs.width, batch_size=targs.batch_size,
         method="instancegm", device=str(device), seed=0,
     )  # fmt: skip
+
+
+def run_phases(args: argparse.Namespace, device: torch.device, budget_s: float) -> dict[str, Any]:
+    """(a) the phases per data path, through ``benchmarks/throughput.py`` (its size is fixed by the arguments:
+    the budget is reported against, not enforced)."""
+    targs = throughput_args(args, device)
     arrays = throughput.synthetic_arrays(targs.num_train, targs.num_test, 32, 10)
     t0 = time.perf_counter()
-    phases = throughput.measure_phases(throughput.Bench.build(cfg, device), arrays, targs)
-    out: dict[str, Any] = {"settings": vars(targs) | {"out": None}, "phases": phases, "phases_s": 0.0}
+    phases = throughput.measure_phases(throughput.Bench.build(_bench_config(targs, device), device), arrays, targs)
+    out: dict[str, Any] = {"settings": vars(targs) | {"out": None}, "phases": phases}
     out["phases_s"] = time.perf_counter() - t0
     out["summary"] = throughput.summary(phases, device)
+    return out
+
+
+def run_options(args: argparse.Namespace, device: torch.device, budget_s: float) -> dict[str, Any]:
+    """(b) the network options; an option not started within ``budget_s`` is a skipped row."""
+    targs = throughput_args(args, device)
     t0 = time.perf_counter()
     options = OPTIONS_CPU_QUICK if args.quick or device.type != "cuda" else OPTIONS_GPU
     if args.no_compile:
         options = [o for o in options if o != "compile"]
-    out["options"] = throughput.measure_options(cfg, device, options, targs)
-    out["options_s"] = time.perf_counter() - t0
-    return out
+    rows = throughput.measure_options(_bench_config(targs, device), device, options, targs, deadline=t0 + budget_s)
+    return {"options": rows, "options_s": time.perf_counter() - t0}
 
 
 # ================================================================ (c) ==========================================
@@ -113,8 +129,8 @@ def train_config(args: argparse.Namespace, device: torch.device, out_dir: Path) 
     return cfg.validate()
 
 
-def run_training(args: argparse.Namespace, device: torch.device, out_dir: Path) -> dict[str, Any]:
-    """(c): the Fashion-MNIST preset for as many epochs as fit in ``args.train_budget_s``."""
+def run_training(args: argparse.Namespace, device: torch.device, out_dir: Path, budget_s: float) -> dict[str, Any]:
+    """(c): the Fashion-MNIST preset for as many epochs as fit in ``budget_s`` (set-up included)."""
     from dataloaders import build_data
     from training.launch import build_peers
 
@@ -129,12 +145,12 @@ def run_training(args: argparse.Namespace, device: torch.device, out_dir: Path) 
         cfg, data, peers, device, autocast_factory(cfg.amp, device), MetricSink(run_dir), run_dir
     )
     setup_s = time.perf_counter() - t0
-    trainer.deadline = t0 + args.train_budget_s
+    trainer.deadline = t0 + budget_s
     stopped = "num_epochs reached"
     try:
         trainer.fit()
     except _OutOfTime as stop:
-        stopped = f"time budget ({args.train_budget_s:g} s) after epoch {stop.args[0] + 1}"
+        stopped = f"time budget ({budget_s:.0f} s) after epoch {stop.args[0] + 1}"
     curve = [
         {
             "epoch": r["epoch"] + 1,
@@ -164,13 +180,28 @@ def run_training(args: argparse.Namespace, device: torch.device, out_dir: Path) 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     out = [f"# GPU check: {env.get('gpu', env.get('cpu', ''))}", ""]
-    out.append(f"{env['date']}, torch {env['torch']}, device {env['device']}; wall {report['wall_s']:.0f} s.")
-    t = report.get("throughput")
-    if t:
+    out.append(
+        f"{env['date']}, torch {env['torch']}, device {env['device']}, cudnn.benchmark "
+        f"{env.get('cudnn_benchmark')}; wall {report['wall_s']:.0f} s."
+    )
+    budget = report.get("budget", {})
+    if budget:
+        spent = ", ".join(
+            f"{name} {p['spent_s']:.0f}/{p['budget_s']:.0f} s"
+            + (f" (skipped: {p['skipped']})" if "skipped" in p else "")
+            for name, p in budget["parts"].items()
+        )
+        out.append(f"Time budget {budget['total_s']:.0f} s; spent/budget per part: {spent or 'none run yet'}.")
+    t = report.get("throughput", {})
+    if "phases" in t or "options" in t:
         out += ["", "## Throughput per phase (device pipeline vs the original's pattern)", ""]
-        out.append(throughput.markdown({"phases": t["phases"], "summary": t["summary"], "options": t["options"]}))
+        out.append(
+            throughput.markdown(
+                {"phases": t.get("phases", []), "summary": t.get("summary", {}), "options": t.get("options", [])}
+            )
+        )
     tr = report.get("train")
-    if tr:
+    if tr and "curve" in tr:
         c = tr["config"]
         out += ["", "## Fashion-MNIST, IDN {:.0%}, width {}, batch {} ({} training images)".format(
             c["r"], c["width"], c["batch_size"], tr["num_train"]), ""]  # fmt: skip
@@ -218,7 +249,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per phase")
     p.add_argument("--r", type=float, default=0.4, help="IDN rate of the training run")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="precision of the training run")
-    p.add_argument("--train_budget_s", type=float, default=240.0, help="wall-clock budget of the training run")
+    budgets = (
+        ("--budget_s", 450.0, "wall-clock budget of the whole check (start-up aside); the training run gets the rest"),
+        ("--phases_budget_s", 120.0, "budget of part (a), reported against"),
+        ("--options_budget_s", 90.0, "budget of part (b): options not started within it are skipped"),
+        ("--train_budget_s", 240.0, "most wall-clock time of the training run"),
+    )
+    for flag, default, text in budgets:
+        p.add_argument(flag, type=float, default=default, help=text)
     p.add_argument("--max_epochs", type=int, default=300)
     p.add_argument("--no_compile", action="store_true", help="skip torch.compile in the options")
     p.add_argument("--skip", nargs="*", choices=("throughput", "train"), default=[], help="parts to leave out")
@@ -229,28 +267,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_report(report: dict[str, Any], out_dir: Path, t0: float) -> None:
+    """Both files as they stand: written after every part, so a run stopped by a timeout still leaves one."""
+    report["wall_s"] = time.perf_counter() - t0
+    report["markdown"] = markdown(report)
+    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    (out_dir / "gpu_check.md").write_text(report["markdown"])
+
+
+def _train_part(args: argparse.Namespace, device: torch.device, budget_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:  # noise cache and metrics: scratch
+        return run_training(args, device, Path(tmp), budget_s)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
     if device.type != "cuda" and not args.quick:
         raise SystemExit("error: no CUDA GPU is visible to PyTorch; run on a GPU machine, or pass --quick (CPU)")
+    if "train" not in args.skip and not Path(args.data_path).is_dir():
+        raise SystemExit(
+            f"error: --data_path {args.data_path} does not exist: pass the folder with Fashion-MNIST's four .gz "
+            "files, or --skip train"
+        )
     if args.quick:
         torch.set_num_threads(1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # (a) and (b) are timed under the cuDNN settings a training run uses (seed_everything: cudnn.benchmark on)
+    seed_everything(0)
     report: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()},
-                              "environment": throughput.environment(device)}  # fmt: skip
+                              "environment": throughput.environment(device)
+                              | {"cudnn_benchmark": torch.backends.cudnn.benchmark},
+                              "budget": {"total_s": args.budget_s, "parts": {}}}  # fmt: skip
+    parts = []
     if "throughput" not in args.skip:
-        report["throughput"] = run_throughput(args, device)
+        parts += [("phases", run_phases, args.phases_budget_s), ("options", run_options, args.options_budget_s)]
     if "train" not in args.skip:
-        with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:  # noise cache and metrics: scratch
-            report["train"] = run_training(args, device, Path(tmp))
-        if plot(report["train"]["curve"], args.out_dir / "gpu_check.png"):
-            report["figure"] = "gpu_check.png"
-    report["wall_s"] = time.perf_counter() - t0
-    report["markdown"] = markdown(report)
-    (args.out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    (args.out_dir / "gpu_check.md").write_text(report["markdown"])
+        parts.append(("train", _train_part, None))
+    for name, run_part, budget_s in parts:
+        if budget_s is None:  # the training run: what the total leaves, at most --train_budget_s
+            budget_s = max(0.0, min(args.train_budget_s, args.budget_s - (time.perf_counter() - t0)))
+        print(f"gpu_check part {name}: budget {budget_s:.0f} s", flush=True)
+        t_part = time.perf_counter()
+        spend: dict[str, Any] = {"budget_s": budget_s}
+        try:
+            result = run_part(args, device, budget_s)
+        except Exception as err:  # noqa: BLE001 -- a part that fails on this machine is reported, the rest runs
+            spend["skipped"] = throughput.failure_reason(err)
+            log.exception("gpu_check part %s failed", name)
+            result = {"skipped": spend["skipped"]}
+        spend["spent_s"] = time.perf_counter() - t_part
+        report["budget"]["parts"][name] = spend
+        if name == "train":
+            report["train"] = result
+        else:
+            report.setdefault("throughput", {}).update(result)
+        print(f"gpu_check part {name}: spent {spend['spent_s']:.0f} s of {budget_s:.0f} s", flush=True)
+        write_report(report, args.out_dir, t0)
+    if "curve" in report.get("train", {}) and plot(report["train"]["curve"], args.out_dir / "gpu_check.png"):
+        report["figure"] = "gpu_check.png"
+    write_report(report, args.out_dir, t0)
     print(report["markdown"])
     print(f"wrote {args.out_dir / 'gpu_check.md'} and gpu_check.json")
     return report
