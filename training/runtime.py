@@ -178,13 +178,20 @@ def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
 
 
 # ---------------------------------------------------------------- provenance -------------------------------
+GIT_SHA_ENV = "INSTANCEGM_GIT_SHA"  # set at image build time (Dockerfile_train's GIT_SHA build argument)
+
+
 def git_sha() -> str:
+    """The commit the code is at: ``git rev-parse HEAD``, or, where there is no repository (a Docker image is
+    built without .git), the ``INSTANCEGM_GIT_SHA`` environment variable; empty when neither is known."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return ""
+        pass
+    return os.environ.get(GIT_SHA_ENV, "").strip()
 
 
 def environment_info(device: torch.device) -> dict:
