@@ -4,7 +4,7 @@ full-size Fashion-MNIST IDN training run, written as a markdown table and JSON.
     python benchmarks/gpu_check.py OUT_DIR --data_path DIR_WITH_THE_FOUR_GZ_FILES   # one GPU, < 8 min wall
     python benchmarks/gpu_check.py OUT_DIR --quick                                   # CPU wiring check, seconds
 
-Three parts, each with its own time budget:
+Four parts, each with its own time budget:
 
 (a) ``throughput``: every phase of an epoch (warm-up step, eval-train pass, DivideMix and InstanceGM steps, test
     pass) on the device pipeline against the original's pattern (``benchmarks/throughput.py``: per-sample PIL
@@ -13,7 +13,9 @@ Three parts, each with its own time budget:
 (b) ``options``: the InstanceGM step's network work in fp32, channels_last, bf16 autocast (+ channels_last),
     fp16 autocast and torch.compile, with the loss and gradient difference of each from fp32;
 (c) ``train``: the Fashion-MNIST preset (60,000 images padded to 32x32x3, IDN 40 %, width 64) for as many
-    epochs as fit in ``--train_budget_s``, with the test accuracy of every epoch.
+    epochs as fit in ``--train_budget_s``, with the test accuracy of every epoch;
+(d) ``concurrency`` (run before (c)): the aggregate co-training images/s of 1, 2 and 4 runs sharing the GPU as
+    separate processes (the sweep's ``--cells_per_gpu``), with the hours per 300-epoch CIFAR-10 cell it implies.
 
 Each part has a time budget (``--phases_budget_s``, ``--options_budget_s``; the training run gets what is left
 of ``--budget_s``, at most ``--train_budget_s``), printed with its spend. The defaults are sized for 8 minutes on
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +99,127 @@ def run_options(args: argparse.Namespace, device: torch.device, budget_s: float)
         options = [o for o in options if o != "compile"]
     rows = throughput.measure_options(_bench_config(targs, device), device, options, targs, deadline=t0 + budget_s)
     return {"options": rows, "options_s": time.perf_counter() - t0}
+
+
+# ================================================================ (d) ==========================================
+CONCURRENCY_LEVELS = (1, 2, 4)
+CONCURRENCY_QUICK = (1, 2)
+CIFAR_CELL_IMAGES = 300 * 2 * 50_000  # a 300-epoch CIFAR-10 cell: two nets, ~N co-training images per epoch
+
+
+def concurrency_worker(device: str, width: int, batch_size: int, index: int, levels: list[int]) -> dict[str, Any]:
+    """Worker ``index`` of the concurrent runs: InstanceGM co-training steps (benchmarks/throughput.py's floor
+    step) on ``device``. Once warmed up it prints ``ready`` and reads ``start_at window_s`` from stdin: window j
+    (``window_s`` wall-clock seconds, the first opening at ``start_at``) measures ``levels[j]`` runs at once, the
+    workers with ``index < levels[j]`` stepping, the others waiting. Prints (as JSON) and returns this worker's
+    images/s per window (``rates``, None where it waited)."""
+    dev = torch.device(device)
+    if dev.type == "cpu":  # K runs on a few cores: one thread each, as the sweep's CPU cells
+        torch.set_num_threads(1)
+    seed_everything(0)
+    bench = throughput.Bench.build(_bench_config(argparse.Namespace(width=width, batch_size=batch_size), dev), dev)
+    t = bench.floor_tensors()
+    for _ in range(3):  # cuDNN autotuning, allocator warm-up
+        bench.floor_step(t, True)
+    throughput.sync(dev)
+    print("ready", flush=True)
+    start_at, window_s = (float(v) for v in sys.stdin.readline().split())
+    rates: list[float | None] = []
+    for j, runs in enumerate(levels):
+        opens, closes = start_at + j * window_s, start_at + (j + 1) * window_s
+        while time.time() < opens:
+            time.sleep(0.005)
+        if index >= runs:
+            rates.append(None)
+            continue
+        steps, t0 = 0, time.time()
+        while time.time() < closes:
+            bench.floor_step(t, True)
+            steps += 1
+            throughput.sync(dev)  # a step ends on the GPU before the clock is read
+        rates.append(steps * 2 * batch_size / max(time.time() - t0, 1e-9))
+    out = {"rates": rates}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+_WORKER_CODE = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); from benchmarks.gpu_check import concurrency_worker; "
+    "concurrency_worker(*json.loads(sys.argv[2]))"
+)
+
+
+def run_concurrency(args: argparse.Namespace, device: torch.device, budget_s: float) -> dict[str, Any]:
+    """(d) aggregate co-training images/s of K runs sharing the GPU (separate processes, as the sweep's
+    ``--cells_per_gpu K`` starts them), for K = 1, 2, 4. The processes start once; the levels follow each other
+    in windows of equal length that share the budget left after the start-up."""
+    levels = list(CONCURRENCY_QUICK if args.quick else CONCURRENCY_LEVELS)
+    t0 = time.perf_counter()
+    procs = []
+    for index in range(max(levels)):
+        spec = [str(device), args.width, args.batch_size, index, levels]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, str(ROOT), json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        # Every run built and warmed up first, whatever that costs here; the windows share what is left.
+        ready = [proc.stdout.readline().strip() == "ready" for proc in procs]
+        start_s = time.perf_counter() - t0
+        window_s = max(1.0, (budget_s - start_s) / len(levels))
+        start_at = time.time() + 0.5
+        for proc, ok in zip(procs, ready):
+            if not all(ready):  # one run could not start: the others would wait for a window forever
+                proc.kill()
+            elif ok:
+                proc.stdin.write(f"{start_at!r} {window_s!r}\n")
+                proc.stdin.flush()
+        rates, errors = [], []
+        for proc, ok in zip(procs, ready):
+            out, err = proc.communicate(timeout=len(levels) * window_s + 120)
+            if proc.returncode == 0:
+                rates.append(json.loads(out.strip().splitlines()[-1]))
+            elif not ok:  # the run that failed, not the ones stopped because of it
+                errors.append((err.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    if errors or len(rates) < len(procs):
+        raise RuntimeError(f"a concurrent run failed: {errors[0] if errors else 'no result'}")
+    rows = []
+    for j, runs in enumerate(levels):
+        total = sum(r["rates"][j] for r in rates if r["rates"][j] is not None)
+        rows.append({"runs": runs, "aggregate_images_per_s": total, "per_run_images_per_s": total / runs,
+                     "cifar10_cell_h": CIFAR_CELL_IMAGES / max(total / runs, 1e-9) / 3600,
+                     "cells_per_day": 24 * 3600 * total / CIFAR_CELL_IMAGES})  # fmt: skip
+    for row in rows:
+        row["speedup_vs_1"] = row["aggregate_images_per_s"] / max(rows[0]["aggregate_images_per_s"], 1e-9)
+    return {"rows": rows, "window_s": window_s, "start_s": start_s, "width": args.width, "batch_size": args.batch_size}
+
+
+def concurrency_markdown(part: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        f"## Runs sharing one GPU (width {part['width']}, batch {part['batch_size']}, {part['window_s']:.0f} s window)",
+        "",
+        "Co-training images/s (InstanceGM step) of K separate processes at once; a 300-epoch CIFAR-10 cell is "
+        "estimated as 300 x 2 nets x 50,000 images at the per-run rate (evaluation passes and warm-up left out).",
+        "",
+        "| runs | aggregate images/s | per run | vs 1 run | h per CIFAR-10 cell | cells per day |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        out.append(
+            f"| {r['runs']} | {r['aggregate_images_per_s']:.0f} | {r['per_run_images_per_s']:.0f} "
+            f"| {r.get('speedup_vs_1', 1.0):.2f}x | {r['cifar10_cell_h']:.1f} | {r['cells_per_day']:.1f} |"
+        )
+    return out
 
 
 # ================================================================ (c) ==========================================
@@ -200,6 +324,8 @@ def markdown(report: dict[str, Any]) -> str:
                 {"phases": t.get("phases", []), "summary": t.get("summary", {}), "options": t.get("options", [])}
             )
         )
+    if report.get("concurrency", {}).get("rows"):
+        out += concurrency_markdown(report["concurrency"])
     tr = report.get("train")
     if tr and "curve" in tr:
         c = tr["config"]
@@ -253,17 +379,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("--budget_s", 450.0, "wall-clock budget of the whole check (start-up aside); the training run gets the rest"),
         ("--phases_budget_s", 120.0, "budget of part (a), reported against"),
         ("--options_budget_s", 90.0, "budget of part (b): options not started within it are skipped"),
+        ("--concurrency_budget_s", 150.0, "budget of part (d): 1, 2 and 4 runs at once on the GPU"),
         ("--train_budget_s", 240.0, "most wall-clock time of the training run"),
     )
     for flag, default, text in budgets:
         p.add_argument(flag, type=float, default=default, help=text)
     p.add_argument("--max_epochs", type=int, default=300)
     p.add_argument("--no_compile", action="store_true", help="skip torch.compile in the options")
-    p.add_argument("--skip", nargs="*", choices=("throughput", "train"), default=[], help="parts to leave out")
+    p.add_argument(
+        "--skip", nargs="*", choices=("throughput", "concurrency", "train"), default=[], help="parts to leave out"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.device = "cpu" if args.device == "auto" else args.device
         args.train_budget_s = min(args.train_budget_s, 30.0)
+        args.concurrency_budget_s = min(args.concurrency_budget_s, 30.0)
     return args
 
 
@@ -303,6 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = []
     if "throughput" not in args.skip:
         parts += [("phases", run_phases, args.phases_budget_s), ("options", run_options, args.options_budget_s)]
+    if "concurrency" not in args.skip:
+        parts.append(("concurrency", run_concurrency, args.concurrency_budget_s))
     if "train" not in args.skip:
         parts.append(("train", _train_part, None))
     for name, run_part, budget_s in parts:
@@ -319,8 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = {"skipped": spend["skipped"]}
         spend["spent_s"] = time.perf_counter() - t_part
         report["budget"]["parts"][name] = spend
-        if name == "train":
-            report["train"] = result
+        if name in ("train", "concurrency"):
+            report[name] = result
         else:
             report.setdefault("throughput", {}).update(result)
         print(f"gpu_check part {name}: spent {spend['spent_s']:.0f} s of {budget_s:.0f} s", flush=True)

@@ -103,7 +103,7 @@ def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
     assert (tmp_path / "gpu_check.md").read_text() == saved["markdown"] == report["markdown"]
     out = capsys.readouterr().out
     assert saved["markdown"] in out
-    for part in ("phases", "options", "train"):  # each part's budget and spend, printed and recorded
+    for part in ("phases", "options", "concurrency", "train"):  # each part's budget and spend, printed and recorded
         assert f"gpu_check part {part}: budget" in out and f"gpu_check part {part}: spent" in out
         assert saved["budget"]["parts"][part]["spent_s"] > 0 and "skipped" not in saved["budget"]["parts"][part]
     phases = {(r["path"], r["phase"]) for r in saved["throughput"]["phases"]}
@@ -116,6 +116,9 @@ def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
     assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
     assert all(0.0 <= r["test_acc"] <= 100.0 for r in curve)
     assert saved["train"]["num_train"] == 100 and (tmp_path / "gpu_check.png").stat().st_size > 0
+    shared = saved["concurrency"]["rows"]  # K runs at once: every level measured, each run stepped
+    assert [r["runs"] for r in shared] == [1, 2] and all(r["aggregate_images_per_s"] > 0 for r in shared)
+    assert "## Runs sharing one GPU" in saved["markdown"]
 
 
 def test_gpu_check_imports_no_dashboard_library_and_refuses_cpu_without_quick(tmp_path):
@@ -170,6 +173,7 @@ def test_gpu_check_writes_after_every_part_times_like_training_and_survives_a_fa
     monkeypatch.setattr(gpu_check, "run_phases", phases)
     monkeypatch.setattr(gpu_check, "run_options", options)
     monkeypatch.setattr(gpu_check, "run_training", train)
+    monkeypatch.setattr(gpu_check, "run_concurrency", lambda args, device, budget_s: {"rows": []})
     torch.backends.cudnn.benchmark = False
     gpu_check.main([str(tmp_path), "--quick", "--data_path", str(tmp_path), "--budget_s", "100"])
     assert seen["cudnn_benchmark"] is True  # as seed_everything leaves it for a training run
@@ -180,7 +184,7 @@ def test_gpu_check_writes_after_every_part_times_like_training_and_survives_a_fa
     )
     assert 0 < seen["train_budget_s"] <= 30  # --quick caps the training run; the total budget bounds it
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(report["budget"]["parts"]) == {"phases", "options", "train"}
+    assert set(report["budget"]["parts"]) == {"phases", "options", "concurrency", "train"}
     assert "options 0/90 s (skipped: RuntimeError: CUDA error: out of memory)" in report["markdown"]
 
 
