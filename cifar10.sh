@@ -93,8 +93,12 @@ fetch() { # fetch URL FILE
         curl -fL --retry 2 --connect-timeout 20 -o "$out" "$src"
     elif command -v wget >/dev/null 2>&1; then
         wget --tries=3 --timeout=20 -O "$out" "$src"
+    elif command -v python3 >/dev/null 2>&1; then # slim images (the training image) have Python, not curl
+        python3 -c 'import shutil, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=20) as r, open(sys.argv[2], "wb") as f:
+    shutil.copyfileobj(r, f)' "$src" "$out"
     else
-        die "neither curl nor wget is installed; install one, or download $src by hand into $dest and rerun"
+        die "none of curl, wget or python3 is installed; install one, or download $src by hand into $dest and rerun"
     fi
 }
 

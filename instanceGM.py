@@ -9,6 +9,8 @@ Paper (test accuracy %, IDN 20/30/40/45/50%): CIFAR-10 96.68 / 96.52 / 96.36 / 9
 CIFAR-100 79.69 / 79.21 / 78.47 / 77.49 / 77.19 (README "Results" says which of these were verified).
 """
 
+from __future__ import annotations
+
 from training import Config, run
 
 # The original instanceGM.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).

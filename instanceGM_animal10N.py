@@ -10,6 +10,8 @@ The original read the images from --dataset (its default `animal10N` is also thi
 Paper (test accuracy %): InstanceGM 84.6 (VGG-19-BN).
 """
 
+from __future__ import annotations
+
 from training import Config, run
 
 # The original instanceGM_animal10N.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).

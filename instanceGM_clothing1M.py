@@ -12,6 +12,8 @@ of the best-validation weights (test_at_best_val, as DivideMix reports) and of e
 Paper (test accuracy %): InstanceGM 74.40 (DivideMix 74.76, CausalNL 72.24).
 """
 
+from __future__ import annotations
+
 from training import Config, run
 
 # The original instanceGM_clothing1M.py argparse defaults and hard-coded values

@@ -9,6 +9,8 @@ Data: <data_path>/mini-imagenet/{split,all_images,validation} (dataloaders/red_m
 Paper (test accuracy %, noise 20/40/60/80%): InstanceGM 58.38 / 52.24 / 47.96 / 39.62.
 """
 
+from __future__ import annotations
+
 from training import Config, run
 
 # The original instanceGM_redMini.py argparse defaults and hard-coded values (docs/design.md: Hyper-parameters).

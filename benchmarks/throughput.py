@@ -734,7 +734,7 @@ def measure_profile(bench: Bench) -> dict[str, Any]:
 
     modules = [m for p in bench.peers for part in (p.net, p.vae) for m in part.modules()]
     hooks = [
-        m.register_forward_hook(count) for m in modules if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+        m.register_forward_hook(count) for m in modules if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
     ]
     bench.floor_step(t, True)
     for h in hooks:
@@ -806,30 +806,53 @@ def _option_call(option: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     return call
 
 
-def measure_options(base: Config, device: torch.device, options: list[str], args: argparse.Namespace) -> list[dict]:
+def failure_reason(err: BaseException) -> str:
+    """One line for a report row: the exception's type and the first line of its message."""
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def measure_options(
+    base: Config,
+    device: torch.device,
+    options: list[str],
+    args: argparse.Namespace,
+    deadline: float | None = None,
+) -> list[dict]:
     """Floor of the InstanceGM step per speed option, and its accuracy cost against fp32.
 
     The options are timed round-robin (one block of each, repeated), so that load changing on a shared machine
-    hits every option alike.
+    hits every option alike. An option that fails on this machine (torch.compile without a C compiler, bf16 on
+    a GPU without bf16 units, ...) or that starts after ``deadline`` (``time.perf_counter()``) is a row with
+    ``skipped``: its reason; only fp32, the reference, may not fail.
     """
     rows, reference, calls = [], None, {}
     for option in ["fp32"] + [o for o in options if o != "fp32"]:
         if option == "fp16" and device.type != "cuda":
             rows.append({"option": option, "skipped": "fp16 autocast needs CUDA"})
             continue
+        if reference is not None and deadline is not None and time.perf_counter() > deadline:
+            rows.append({"option": option, "skipped": "out of this part's time budget"})
+            continue
         cfg, compile_nets = option_config(base, option)
         problem = channels_last_problem(cfg, device)
         if problem:
             rows.append({"option": option, "skipped": problem})
             continue
-        bench = Bench.build(cfg, device, compile_nets)
-        state = [
-            ({k.removeprefix("_orig_mod."): v.clone() for k, v in p.net.state_dict().items()},) for p in bench.peers
-        ]
-        t = bench.floor_tensors()
-        t0 = time.perf_counter()
-        # first call: includes compilation for torch.compile
-        loss, grads = _option_call(option, lambda b=bench, t=t: step_gradients(b, t))()
+        try:
+            bench = Bench.build(cfg, device, compile_nets)
+            state = [
+                ({k.removeprefix("_orig_mod."): v.clone() for k, v in p.net.state_dict().items()},) for p in bench.peers
+            ]
+            t = bench.floor_tensors()
+            t0 = time.perf_counter()
+            # first call: includes compilation for torch.compile
+            loss, grads = _option_call(option, lambda b=bench, t=t: step_gradients(b, t))()
+        except Exception as err:  # noqa: BLE001 -- any failure of an option is its row's result
+            if reference is None:
+                raise
+            rows.append({"option": option, "skipped": failure_reason(err)})
+            continue
         first_s = time.perf_counter() - t0
         calls[option] = _option_call(option, lambda b=bench, t=t: b.floor_step(t, True))
         if reference is None:

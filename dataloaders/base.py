@@ -330,6 +330,17 @@ class NoisyDataModule:
             digest["train_files"] = listing.hexdigest()[:16]
         return digest
 
+    def resume(self, state: dict, seed: int) -> None:
+        """Continue from a checkpoint's data state (after :meth:`set_distributed`).
+
+        The shared generator (shuffles, subsets) is the checkpoint's on every rank. A checkpoint holds rank 0's
+        augmentation stream only, so in a multi-process run each rank starts a stream of its own from ``seed``
+        (which the caller varies per resume): restoring rank 0's everywhere would give every rank the same crops.
+        """
+        self.load_state_dict(state)
+        if self.world_size > 1:
+            self.set_distributed(self.rank, self.world_size, seed)
+
 
 def _long(labels) -> Tensor | None:
     return None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)

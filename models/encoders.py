@@ -210,4 +210,10 @@ class XDecoder(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.decoder_input(torch.cat([z, y], dim=1))  # (N, z_dim + K) -> (N, C0 * s * s)
         h = h.view(-1, *self.start_shape)  # (N, C0, s, s)
-        return self.final_layer(self.decoder(h))  # (N, 3, H, W)
+        h = self.decoder(h)
+        *layers, sigmoid = self.final_layer
+        for layer in layers:
+            h = layer(h)
+        # The sigmoid in fp32 under autocast: x_hat is the continuous Bernoulli's parameter, whose log-normaliser
+        # is evaluated in fp32 (training/generative.py); bf16 would round it to 8 bits of mantissa first.
+        return sigmoid(h.float())  # (N, 3, H, W)

@@ -109,17 +109,18 @@ class InstanceGMVAE(nn.Module):
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(x.shape)}")
         logits = classifier(x)
-        # Soft (not straight-through) sample: the VAE loss reaches the classifier through y_hat.
-        y_hat = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=False, dim=1)
+        # Soft (not straight-through) sample: the VAE loss reaches the classifier through y_hat. Drawn in fp32
+        # whatever the autocast dtype: bf16 noise -log(-log U) is cut at about 5.5 and coarsely rounded.
+        y_hat = F.gumbel_softmax(logits.float(), tau=self.gumbel_tau, hard=False, dim=1)
         # NOTE(original): the encoder is conditioned on y_hat (the code's choice), while the paper's figure
         # has q(Z | X, Y_noisy); y_cond gives the latter.
         mu, log_var = self.z_encoder(x, y_hat if y_cond is None else y_cond)
-        z = reparameterize(mu, log_var, gaussian=self.gaussian_reparam)
+        z = reparameterize(mu.float(), log_var.float(), gaussian=self.gaussian_reparam)  # fp32 noise, as y_hat
         x_hat = self.x_decoder(z, y_hat)
         if not self.single_sigmoid:
             # NOTE(original): second sigmoid on a decoder that already ends in Sigmoid (InstanceGM
-            # mylib/models/vae.py forward), so x_hat lies in (0.5, 0.7311).
-            x_hat = torch.sigmoid(x_hat)
+            # mylib/models/vae.py forward), so x_hat lies in (0.5, 0.7311). fp32, like the first.
+            x_hat = torch.sigmoid(x_hat.float())
         # The noisy-label classifier sees the reconstruction, not the input image (as in the original).
         noisy_logits = self.t_decoder(x_hat, y_hat)
         return VAEOutput(x_hat, noisy_logits, mu, log_var, logits, y_hat)

@@ -58,6 +58,10 @@ def main(out_dir: str) -> None:
     mine = torch.cat([splits[p].prob for p in ("net1", "net2")])
     gathered = [torch.zeros_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
+    # BatchNorm running statistics of both nets and generative models (each trained this epoch or in warm-up)
+    bn = torch.cat([b.flatten() for p in peers for m in (p.net, p.vae) for b in m.buffers() if b.is_floating_point()])
+    all_bn = [torch.zeros_like(bn) for _ in range(info.world_size)]
+    dist.all_gather(all_bn, bn)
     weights = peers[0].net.state_dict()["linear.weight"].flatten()
     all_w = [torch.zeros_like(weights) for _ in range(info.world_size)]
     dist.all_gather(all_w, weights)
@@ -70,6 +74,7 @@ def main(out_dir: str) -> None:
         "rank": info.rank,
         "probs_identical": all(torch.equal(gathered[0], g) for g in gathered),
         "weights_identical": all(torch.equal(all_w[0], w) for w in all_w),
+        "bn_identical": all(torch.equal(all_bn[0], b) for b in all_bn),
         "evaluated": len(splits["net1"].indices),
         "indices_sorted": splits["net1"].indices.tolist() == list(range(n)),
         "labeled": len(splits["net2"].labeled),

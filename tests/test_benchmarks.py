@@ -101,7 +101,11 @@ def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
     report = gpu_check.main([str(tmp_path), "--quick", "--data_path", str(FMNIST.parent)])
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert (tmp_path / "gpu_check.md").read_text() == saved["markdown"] == report["markdown"]
-    assert saved["markdown"] in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert saved["markdown"] in out
+    for part in ("phases", "options", "concurrency", "train"):  # each part's budget and spend, printed and recorded
+        assert f"gpu_check part {part}: budget" in out and f"gpu_check part {part}: spent" in out
+        assert saved["budget"]["parts"][part]["spent_s"] > 0 and "skipped" not in saved["budget"]["parts"][part]
     phases = {(r["path"], r["phase"]) for r in saved["throughput"]["phases"]}
     for phase in ("warmup step", "eval-train pass", "igm step", "test pass"):
         assert {("device", phase), ("naive", phase)} <= phases
@@ -112,6 +116,9 @@ def test_gpu_check_quick_writes_table_json_and_curve(tmp_path, capsys):
     assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
     assert all(0.0 <= r["test_acc"] <= 100.0 for r in curve)
     assert saved["train"]["num_train"] == 100 and (tmp_path / "gpu_check.png").stat().st_size > 0
+    shared = saved["concurrency"]["rows"]  # K runs at once: every level measured, each run stepped
+    assert [r["runs"] for r in shared] == [1, 2] and all(r["aggregate_images_per_s"] > 0 for r in shared)
+    assert "## Runs sharing one GPU" in saved["markdown"]
 
 
 def test_gpu_check_imports_no_dashboard_library_and_refuses_cpu_without_quick(tmp_path):
@@ -127,6 +134,65 @@ def test_gpu_check_imports_no_dashboard_library_and_refuses_cpu_without_quick(tm
 
         with pytest.raises(SystemExit, match="no CUDA GPU"):
             gpu_check.main([str(tmp_path), "--device", "cpu"])
+
+
+def test_an_option_that_fails_here_is_a_skipped_row(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InductorError: no working C compiler found\n(long traceback)")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    targs = throughput.parse_args(["--quick", "--device", "cpu", "--threads", "1", "--reps", "1", "--steps", "1"])
+    cfg = Config(dataset="cifar10", num_classes=10, width=4, batch_size=8, method="instancegm", device="cpu")
+    rows = {r["option"]: r for r in throughput.measure_options(cfg, torch.device("cpu"), ["compile"], targs)}
+    assert rows["compile"] == {
+        "option": "compile",
+        "skipped": "RuntimeError: InductorError: no working C compiler found",
+    }
+    assert rows["fp32"]["ms_median"] > 0  # the others are still measured
+
+
+def test_gpu_check_writes_after_every_part_times_like_training_and_survives_a_failing_part(tmp_path, monkeypatch):
+    from benchmarks import gpu_check
+
+    seen = {}
+
+    def phases(args, device, budget_s):
+        seen["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        return {"phases": [], "summary": {}}
+
+    def options(args, device, budget_s):
+        seen["report_after_phases"] = json.loads((tmp_path / "gpu_check.json").read_text())
+        raise RuntimeError("CUDA error: out of memory")
+
+    def train(args, device, out_dir, budget_s):
+        seen["report_after_options"] = json.loads((tmp_path / "gpu_check.json").read_text())
+        seen["train_budget_s"] = budget_s
+        return {"curve": [], "config": {"r": 0.4, "width": 8, "batch_size": 16}, "num_train": 0, "stopped": "x",
+                "setup_s": 0.0, "wall_s": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(gpu_check, "run_phases", phases)
+    monkeypatch.setattr(gpu_check, "run_options", options)
+    monkeypatch.setattr(gpu_check, "run_training", train)
+    monkeypatch.setattr(gpu_check, "run_concurrency", lambda args, device, budget_s: {"rows": []})
+    torch.backends.cudnn.benchmark = False
+    gpu_check.main([str(tmp_path), "--quick", "--data_path", str(tmp_path), "--budget_s", "100"])
+    assert seen["cudnn_benchmark"] is True  # as seed_everything leaves it for a training run
+    assert "phases" in seen["report_after_phases"]["budget"]["parts"]  # written before part (b) started
+    assert (
+        seen["report_after_options"]["budget"]["parts"]["options"]["skipped"]
+        == "RuntimeError: CUDA error: out of memory"
+    )
+    assert 0 < seen["train_budget_s"] <= 30  # --quick caps the training run; the total budget bounds it
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(report["budget"]["parts"]) == {"phases", "options", "concurrency", "train"}
+    assert "options 0/90 s (skipped: RuntimeError: CUDA error: out of memory)" in report["markdown"]
+
+
+def test_gpu_check_refuses_a_data_path_that_does_not_exist(tmp_path):
+    from benchmarks import gpu_check
+
+    with pytest.raises(SystemExit, match="--data_path /nonexistent/fmnist does not exist"):
+        gpu_check.main([str(tmp_path), "--quick", "--data_path", "/nonexistent/fmnist"])
 
 
 def test_fmnist_idn_table_is_mean_and_sd_over_seeds():

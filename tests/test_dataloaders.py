@@ -444,6 +444,19 @@ def test_generator_state_round_trip(make_tiny_module, pipeline):
         assert torch.equal(u, v)
 
 
+def test_resumed_ranks_keep_augmentation_streams_of_their_own(make_tiny_module):
+    ranks = [make_tiny_module("device", seed=1) for _ in range(2)]
+    for rank, m in enumerate(ranks):
+        m.set_distributed(rank, 2, seed=1)
+        next(iter(m.warmup_loader(16)))
+    saved = ranks[0].state_dict()  # only rank 0 writes the checkpoint
+    for m in ranks:
+        m.resume(saved, seed=1 + 7919)
+    assert all(torch.equal(m.generator.get_state(), saved["generator"]) for m in ranks)  # same shuffles
+    draws = [torch.randint(2**62, (4,), generator=m.aug_generator) for m in ranks]
+    assert not torch.equal(draws[0], draws[1])  # but not the same crops and flips
+
+
 def test_pil_pipeline_independent_of_workers(make_tiny_module):
     single = next(iter(make_tiny_module("pil", seed=3).warmup_loader(16)))
     multi = next(iter(make_tiny_module("pil", seed=3, num_workers=2).warmup_loader(16)))

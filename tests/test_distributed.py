@@ -33,6 +33,7 @@ def test_global_divide_is_identical_on_every_rank(tmp_path):
     results = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in results:
         assert r["probs_identical"] and r["weights_identical"]  # same division; DDP kept the nets in sync
+        assert r["bn_identical"]  # and the BatchNorm statistics the eval-mode passes use
         assert r["evaluated"] == 203 and r["indices_sorted"]  # uneven shards gathered in index order
     assert results[0]["labeled"] == results[1]["labeled"]
     assert results[0]["test_acc"] == results[1]["test_acc"]  # test counts are all-reduced
@@ -46,7 +47,7 @@ def test_global_divide_is_identical_on_every_rank(tmp_path):
 FLAGS = [
     "--dataset", "fashionmnist", "--noise_rate", "0.4", "--train_subset", "600", "--balanced_subset",
     "--test_subset", "1000",
-    "--width", "8", "--lr", "0.1", "--num_epochs", "3", "--warm_up", "2", "--seed", "3",
+    "--width", "8", "--lr", "0.1", "--num_epochs", "3", "--warm_up", "2", "--seed", "3", "--device", "cpu",
 ]  # fmt: skip
 # The README's recipe for matching one process: batch B/N per process, so both runs take the same optimiser steps.
 DDP_BATCH, SINGLE_BATCH = ["--batch_size", "8"], ["--batch_size", "16"]

@@ -18,7 +18,7 @@ def _argv(tmp_path, *extra):
     return [
         "--dataset", "fashionmnist", "--r", "0.4", "--train_subset", "1000", "--balanced_subset",
         "--test_subset", "2000", "--width", "8", "--batch_size", "32", "--lr", "0.1",
-        "--num_epochs", "4", "--warm_up", "2", "--seed", "3",
+        "--num_epochs", "4", "--warm_up", "2", "--seed", "3", "--device", "cpu",
         "--output_dir", str(tmp_path / "runs"), "--noise_dir", str(tmp_path / "noise"), "--log_interval", "5",
         *extra,
     ]  # fmt: skip

@@ -50,6 +50,7 @@ def _argv(base: Path, name: str, *extra: str) -> list[str]:
         "--dataset", "fashionmnist", "--method", "dividemix", "--r", "0.4", "--train_subset", "64",
         "--balanced_subset", "--test_subset", "32", "--width", "8", "--batch_size", "16", "--lr", "0.05",
         "--num_epochs", "3", "--warm_up", "1", "--seed", "5", "--log_interval", "2", "--num_workers", "0",
+        "--device", "cpu",
         "--output_dir", str(base / "runs"), "--noise_dir", str(base / "noise"), "--run_name", name, *extra,
     ]  # fmt: skip
 
@@ -475,3 +476,63 @@ def test_unreadable_noise_file_advice_depends_on_who_made_it(tmp_path):
     with pytest.raises(ValueError) as err:
         tools.load_label_file(tmp_path / "mine.npy")  # the user's --noise_file: theirs to replace, not delete
     assert "pass a .npy or .pt file of integer labels" in str(err.value) and "delete" not in str(err.value)
+
+
+def _foreign_lock(run_dir: Path, minutes_ago: float) -> None:
+    (run_dir / "run.lock").write_text(json.dumps({"pid": 1, "host": "node-7", "start": None, "since": "earlier"}))
+    stamp = time.time() - 60 * minutes_ago
+    os.utime(run_dir / "run.lock", (stamp, stamp))
+
+
+def test_lock_of_another_host_is_taken_over_after_its_heartbeat_stops_or_by_force(tmp_path, caplog):
+    _foreign_lock(tmp_path, minutes_ago=3)  # a container or node that still beats
+    with pytest.raises(rundir.RunFolderError, match=r"process 1 on node-7 .*heartbeat was 3\.0 min ago.*after 10 min"):
+        rundir.RunLock(tmp_path, stale_after_s=600).acquire()
+    with pytest.raises(rundir.RunFolderError, match="--force_unlock"):
+        rundir.RunLock(tmp_path, stale_after_s=0).acquire()
+    _foreign_lock(tmp_path, minutes_ago=25)
+    with pytest.raises(rundir.RunFolderError):  # 0: another host's lock is never taken over by age
+        rundir.RunLock(tmp_path, stale_after_s=0).acquire()
+    lock = rundir.RunLock(tmp_path, stale_after_s=600).acquire()
+    assert "taking over the lock of process 1 on node-7 (no heartbeat for 25.0 min" in caplog.text
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    _foreign_lock(tmp_path, minutes_ago=0)
+    lock = rundir.RunLock(tmp_path, stale_after_s=600, force=True).acquire()
+    assert "the lock of process 1 on node-7 (--force_unlock" in caplog.text
+    lock.release()
+
+
+def test_the_owner_refreshes_its_lock(tmp_path):
+    lock = rundir.RunLock(tmp_path, heartbeat_s=0.05).acquire()
+    try:
+        old = time.time() - 3600
+        os.utime(tmp_path / "run.lock", (old, old))
+        deadline = time.monotonic() + 10
+        while (tmp_path / "run.lock").stat().st_mtime < old + 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert time.time() - (tmp_path / "run.lock").stat().st_mtime < 60
+    finally:
+        lock.release()
+    assert not (tmp_path / "run.lock").exists()
+
+
+@needs_fmnist
+def test_sigterm_releases_the_lock_keeps_the_checkpoint_and_the_run_resumes(base, reference):
+    # `docker stop`, a Slurm requeue or pre-emption: SIGTERM during epoch 1, after epoch 0's checkpoint
+    ready = base / "term.ready"
+    proc = _fork(base, "term", "epoch1/train/net1", action="wait", ready=ready)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and proc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the run did not reach epoch 1"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    assert proc.exitcode == 128 + signal.SIGTERM
+    run_dir = base / "runs" / "term"
+    assert not (run_dir / "run.lock").exists() and list(run_dir.glob("*.tmp")) == []
+    assert _ckpt_epoch(run_dir) == 0 and _epochs(run_dir) == [0]
+    log_txt = (run_dir / "log.txt").read_text()
+    assert f"stopped by SIGTERM: the last completed epoch is in {run_dir / 'checkpoint.pt'}" in log_txt
+    assert _run(base, "term", "--resume", "auto") == 0
+    _assert_same_run(run_dir, reference)

@@ -107,6 +107,48 @@ def test_cifar_script_rejects_a_wrong_md5_and_reports_a_failed_download(tmp_path
     assert offline.returncode != 0 and "could not download" in offline.stderr and "CIFAR_URL" in offline.stderr
 
 
+def test_cifar_script_downloads_with_python_where_curl_and_wget_are_missing(tmp_path, tiny_cifar10):
+    # The training image (pytorch/pytorch runtime) has Python but neither curl nor wget.
+    import functools
+    import http.server
+    import threading
+
+    tarball, md5 = _tarball(tiny_cifar10.official, "cifar-10-batches-py", tmp_path / "c10.tar.gz")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for folder in (Path("/usr/bin"), Path("/bin")):
+        for tool in folder.iterdir():
+            if tool.name not in ("curl", "wget") and not (tools / tool.name).exists():
+                (tools / tool.name).symlink_to(tool)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/c10.tar.gz"
+        env = {"PATH": str(tools), "CIFAR_URL": url, "CIFAR_MD5": md5}
+        done = subprocess.run(
+            ["bash", str(ROOT / "cifar10.sh"), "cifar10", str(tmp_path / "dest")],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dest" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_git_sha_inside_an_image_comes_from_the_build(monkeypatch):
+    from training import runtime
+
+    def no_repository(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 128, "", "fatal: not a git repository")
+
+    monkeypatch.setattr(runtime.subprocess, "run", no_repository)
+    monkeypatch.setenv("INSTANCEGM_GIT_SHA", "0123abc")
+    assert runtime.git_sha() == "0123abc"
+    monkeypatch.delenv("INSTANCEGM_GIT_SHA")
+    assert runtime.git_sha() == ""
+
+
 def test_cifar_script_md5_defaults_are_torchvision_s():
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -144,7 +186,7 @@ def tiny_run(tmp_path_factory) -> Path:
             [
                 "--dataset", "fashionmnist", "--r", "0.4", "--train_subset", "200", "--test_subset", "500",
                 "--balanced_subset", "--width", "8", "--batch_size", "32", "--lr", "0.1", "--num_epochs", "3",
-                "--warm_up", "2", "--log_interval", "5",
+                "--warm_up", "2", "--log_interval", "5", "--device", "cpu",
                 "--output_dir", str(tmp / "runs"), "--noise_dir", str(tmp / "noise"), "--wandb", "offline",
             ]
         )  # fmt: skip

@@ -96,6 +96,8 @@ RUN_ONLY = frozenset(
     {
         "resume",
         "allow_config_change",
+        "lock_stale_min",
+        "force_unlock",
         "device",
         "output_dir",
         "run_name",

@@ -177,6 +177,14 @@ class Config:
     allow_config_change: bool = opt(
         False, "with --resume: continue with changed hyper-parameters (config.json's config_history keeps each)"
     )
+    lock_stale_min: float = opt(
+        10.0,
+        "a run.lock of another host (node, container) whose heartbeat (refreshed every minute) is older than this "
+        "is taken over, with a warning; 0: never (the lock of a dead process on this host always is)",
+    )
+    force_unlock: bool = opt(
+        False, "take over the run folder's lock of another host now (you know that run has stopped)"
+    )
     wandb: str = opt("off", "wandb dashboards (offline: into the run folder, no account)", ("off", "offline", "online"))
     wandb_project: str = opt("instanceGM", "wandb project name")
     sync_bn: bool = opt(False, "multi-process runs: SyncBatchNorm across processes (off: per-process BN)")
@@ -202,6 +210,12 @@ class Config:
         "autocast for the networks (losses and the GMM stay fp32; results change); CPU bf16: 20x slower on AVX2, "
         "1.3x faster with AMX",
         ("off", "bf16", "fp16"),
+    )
+    tf32: str = opt(
+        "conv",
+        "TF32 on Ampere and newer GPUs: conv: cuDNN convolutions only (PyTorch's default since 1.12; the original's "
+        "convolutions under every PyTorch); all: matmuls too (PyTorch <= 1.11); off: IEEE fp32 throughout",
+        ("conv", "all", "off"),
     )
     log_interval: int = opt(50, "steps between progress-bar/loss updates (each one is a host sync)")
 

@@ -77,7 +77,8 @@ def _eval_mode_keep_rng(*modules: torch.nn.Module | None):
     """Eval mode and a forked RNG for a visualisation pass; restores both afterwards."""
     modules = tuple(m for m in modules if m is not None)
     modes = [m.training for m in modules]
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # The modules' own GPUs only: forking every visible GPU's stream would create a context on each of them.
+    devices = sorted({p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             for m in modules:

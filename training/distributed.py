@@ -46,17 +46,27 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_gpu(local_rank))
     if not dist.is_initialized():
         # A rank that fails makes torchrun stop the others; the timeout only bounds a silent hang.
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank, world_size, local_rank, backend)
 
 
+def local_gpu(local_rank: int) -> int:
+    """The GPU index of process ``local_rank`` among those it sees.
+
+    ``local_rank`` itself when the process sees every GPU of its node (torchrun); 0 under launchers that give
+    each process one GPU of its own through CUDA_VISIBLE_DEVICES (Slurm's ``--gpus-per-task``, some MPI set-ups),
+    where ``cuda:local_rank`` does not exist.
+    """
+    return local_rank % max(torch.cuda.device_count(), 1)
+
+
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
-    """One process per device: under NCCL, process ``local_rank`` uses ``cuda:local_rank``."""
+    """One process per device: under NCCL, process ``local_rank`` uses its own GPU (:func:`local_gpu`)."""
     if info.enabled and device.type == "cuda":
-        return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", local_gpu(info.local_rank))
     return device
 
 
@@ -113,6 +123,24 @@ def all_reduce_sum(info: DistInfo, tensor: Tensor) -> Tensor:
     buf = tensor.to(dev).clone()
     dist.all_reduce(buf)
     return buf.to(tensor.device)
+
+
+def average_buffers(info: DistInfo, *modules: torch.nn.Module | None) -> None:
+    """Replace every floating-point buffer (BatchNorm running mean and variance) by its mean over the ranks.
+
+    Each rank's running statistics are an exponential moving average of its own batches' statistics; the EMA is
+    linear, so the mean over ranks is the EMA of the mean batch statistics: exactly single-process training's
+    running mean over the same global batches, and its running variance less the spread between the ranks' batch
+    means (broadcasting rank 0's would keep the statistics of a quarter, a half... of the data instead).
+    """
+    if not info.enabled:
+        return
+    for module in modules:
+        if module is None:
+            continue
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                buf.copy_(all_reduce_sum(info, buf) / info.world_size)
 
 
 def cleanup(info: DistInfo) -> None:

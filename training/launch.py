@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from training.runtime import (
     resolve_device,
     restore_rng_state,
     seed_everything,
+    set_tf32,
+    use_device,
 )
 from training.trainer import CoTrainer, Peer
 
@@ -131,19 +136,71 @@ def build_peers(cfg: Config, device: torch.device) -> list[Peer]:
 
 def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
     """The locked run folder and the checkpoint to resume from (None: fresh start). Refuses to clobber a run."""
-    return rundir.open_run_folder(cfg.output_dir, cfg.run_name or cfg.default_run_name(), cfg.resume, create)
+    return rundir.open_run_folder(
+        cfg.output_dir,
+        cfg.run_name or cfg.default_run_name(),
+        cfg.resume,
+        create,
+        stale_after_s=60.0 * cfg.lock_stale_min,
+        force_unlock=cfg.force_unlock,
+    )
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``str()`` says what was saved and how to continue."""
+    """Ctrl-C (or a stop signal) during a run; ``str()`` says what was saved and how to continue."""
+
+    signum: int | None = None  # the signal that stopped the run (None: Ctrl-C)
 
 
-def _interrupted(run_dir: Path) -> RunInterrupted:
+class RunSignalled(KeyboardInterrupt):
+    """Raised by the handler of a stop signal: the run unwinds as after a Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# SIGTERM: `docker stop`, Slurm's cancel, requeue and pre-emption, torchrun passing its own on; SIGUSR1/SIGUSR2:
+# what `sbatch --signal` and submitit send ahead of a time limit. Their default actions end the process without
+# releasing run.lock, and Python as a container's PID 1 ignores SIGTERM altogether.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While a run trains, a stop signal ends it as Ctrl-C does: the last completed epoch's checkpoint stays,
+    the lock is released, one line says how to continue. Further signals are ignored until it has unwound."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def handler(signum, _frame):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise RunSignalled(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupted(run_dir: Path, signum: int | None = None) -> RunInterrupted:
     if (run_dir / ckpt_lib.FILENAME).exists():
-        return RunInterrupted(
+        stop = RunInterrupted(
             f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with --resume auto"
         )
-    return RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
+    else:
+        stop = RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
+    stop.signum = signum
+    return stop
+
+
+def _stopped_by(err: BaseException) -> str:
+    signum = getattr(err, "signum", None)
+    return "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
 
 
 def main_run(cfg: Config) -> dict:
@@ -151,9 +208,14 @@ def main_run(cfg: Config) -> dict:
 
     Under torchrun every process runs this; rank 0 alone takes the run folder's lock and writes its files.
     """
+    cfg = apply_smoke(cfg.validate())
+    with stop_on_signals():
+        return _main_run(cfg)
+
+
+def _main_run(cfg: Config) -> dict:
     from dataloaders import build_data
 
-    cfg = apply_smoke(cfg.validate())
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
     folder = None
@@ -170,8 +232,10 @@ def main_run(cfg: Config) -> dict:
         setup_logging(run_dir if main else None, quiet=not main)
         logging_to_run_dir = main
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
+        use_device(device)
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
         seed_everything(cfg.seed + info_dist.rank, cfg.deterministic)
+        set_tf32(cfg.tf32)
         autocast = autocast_factory(cfg.amp, device)
         log.info(
             "run folder %s | device %s | method %s | processes %d", run_dir, device, cfg.method, info_dist.world_size
@@ -191,23 +255,19 @@ def main_run(cfg: Config) -> dict:
         data.set_distributed(info_dist.rank, info_dist.world_size, cfg.seed)
         faults.point("build_peers")
         peers = build_peers(cfg, device)
-        start_epoch, history, best, vae_pool, config_history = 0, [], {}, None, []
+        start_epoch, history, best, config_history = 0, [], {}, []
         if state is not None:
             ckpt_lib.check_same_data(state.get("data_identity"), data.identity(), resume_path)
             config_history = list(state.get("config_history", []))
             for peer in peers:
                 peer.load_state_dict(state["peers"][peer.name])
-            data.load_state_dict(state["data"])
+            resumed_seed = cfg.seed + 7919 * (state["epoch"] + 1)
+            data.resume(state["data"], resumed_seed)
             if info_dist.enabled:  # per-process streams cannot be restored from rank 0's: reseed them apart
-                seed_everything(cfg.seed + info_dist.rank + 7919 * (state["epoch"] + 1), cfg.deterministic)
+                seed_everything(resumed_seed + info_dist.rank, cfg.deterministic)
             else:
-                restore_rng_state(state["rng"])
-            start_epoch, history, best, vae_pool = (
-                state["epoch"] + 1,
-                state["history"],
-                state["best"],
-                state["vae_pool"],
-            )
+                restore_rng_state(state["rng"], device)
+            start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             if changed:  # every segment's settings stay on record; config.json below carries the new ones
                 if not config_history:
                     config_history.append({"first_epoch": 1, "config": state["config"]})
@@ -253,7 +313,8 @@ def main_run(cfg: Config) -> dict:
             dist_info=info_dist,
             config_history=config_history,
         )
-        trainer._vae_pool = vae_pool
+        if state is not None:
+            trainer.resume_from(state)
         try:
             summary = trainer.fit()
         finally:
@@ -281,7 +342,7 @@ def main_run(cfg: Config) -> dict:
         # Ctrl-C and write failures become one line that says what was kept; the run's log.txt gets it too.
         failure: BaseException | None = err
         if isinstance(err, KeyboardInterrupt) and folder is not None and not isinstance(err, RunInterrupted):
-            failure = _interrupted(folder.path)
+            failure = _interrupted(folder.path, getattr(err, "signum", None))
         elif isinstance(err, OSError):
             failure = rundir.write_error(err, folder.path if folder else None) or err
         refused = logging_to_run_dir and not started and _is_user_error(failure)
@@ -302,7 +363,7 @@ def main_run(cfg: Config) -> dict:
 def log_failure(err: BaseException) -> None:
     """Put the error that ended a run into its log.txt (the console shows it already, once)."""
     if isinstance(err, KeyboardInterrupt):
-        message, exc_info = f"interrupted: {err}" if str(err) else "interrupted", None
+        message, exc_info = f"{_stopped_by(err)}: {err}" if str(err) else _stopped_by(err), None
     elif _is_user_error(err):
         message, exc_info = f"error: {err}", None
     else:  # a bug or an environment problem: the traceback is what a report needs
@@ -318,7 +379,9 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
 
     The classifier runs two forwards with gradient per step (MixMatch and the generative model's Gumbel
     sample) before the one backward; autograd sums a parameter's gradient before DDP's hook sees it, so one
-    all-reduce per step covers both.
+    all-reduce per step covers both. Buffers are not broadcast at every forward: each rank keeps the running
+    statistics of its own batches, and the trainer averages them at the end of every training phase
+    (``distributed.average_buffers``), which is closer to one process's statistics than rank 0's alone.
     """
     if not info.enabled:
         if cfg.sync_bn:
@@ -332,11 +395,11 @@ def wrap_distributed(peers: list[Peer], cfg: Config, info: dist_lib.DistInfo, de
     for peer in peers:
         if cfg.sync_bn:
             peer.net = nn.SyncBatchNorm.convert_sync_batchnorm(peer.net)
-        peer.ddp_net = DDP(peer.net, device_ids=ids)
+        peer.ddp_net = DDP(peer.net, device_ids=ids, broadcast_buffers=False)
         if peer.vae is not None:
             if cfg.sync_bn:
                 peer.vae = nn.SyncBatchNorm.convert_sync_batchnorm(peer.vae)
-            peer.ddp_vae = DDP(peer.vae, device_ids=ids)
+            peer.ddp_vae = DDP(peer.vae, device_ids=ids, broadcast_buffers=False)
 
 
 # Errors a user can fix from the message alone: printed as one line, exit code 2, no traceback. Looked up
@@ -373,8 +436,9 @@ def run(
         return main_run(cfg)
     except KeyboardInterrupt as err:
         detail = str(err) if isinstance(err, RunInterrupted) else "during start-up, before the first epoch completed"
-        print(f"interrupted {detail}", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"{_stopped_by(err)} {detail}", file=sys.stderr)
+        signum = getattr(err, "signum", None)
+        raise SystemExit(130 if signum is None else 128 + signum) from None
     except Exception as err:
         if not _is_user_error(err):
             raise

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,26 @@ def _create_exclusive(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class RunLock:
-    """``RUN_DIR/run.lock``: the owner's pid, host and start time. A lock of a dead process on this host is
-    stale and taken over (with a message); a live owner, or one on another host, makes the run refuse."""
+HEARTBEAT_S = 60.0  # the owner refreshes the lock's modification time this often
 
-    def __init__(self, run_dir: Path):
+
+class RunLock:
+    """``RUN_DIR/run.lock``: the owner's pid, host and start time; its modification time is a heartbeat.
+
+    A lock of a dead process on this host is stale and taken over (with a message); so is the lock of a process
+    on another host (another node, another container: every ``docker run`` has a host name of its own) once its
+    heartbeat is ``stale_after_s`` old, or at once with ``force``. A live owner on this host always makes the
+    run refuse, and so does one on another host whose heartbeat is recent.
+    """
+
+    def __init__(
+        self, run_dir: Path, stale_after_s: float = 0.0, force: bool = False, heartbeat_s: float = HEARTBEAT_S
+    ):
         self.path = Path(run_dir) / LOCK_FILE
         self.held = False
+        self.stale_after_s, self.force, self.heartbeat_s = stale_after_s, force, heartbeat_s
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
         self._text = json.dumps(
             {
                 "pid": os.getpid(),
@@ -94,6 +108,7 @@ class RunLock:
             try:
                 _create_exclusive(self.path, self._text)
                 self.held = True
+                self._start_heartbeat()
                 return self
             except FileExistsError:
                 pass
@@ -102,16 +117,63 @@ class RunLock:
             except FileNotFoundError:  # released meanwhile: try again
                 continue
             owner = _parse(raw)
-            if owner is not None and _is_live(owner):
-                raise RunFolderError(
-                    f"{self.path.parent} is in use by process {owner['pid']} on {owner['host']} (since "
-                    f"{owner.get('since', '?')}); wait for it to finish or pass another --run_name "
-                    f"(if that process is gone, delete {self.path})"
-                )
-            what = "an unreadable lock" if owner is None else f"the lock of process {owner['pid']} (no longer running)"
+            what = "an unreadable lock" if owner is None else self._stale_reason(owner)
+            if what is None:
+                raise RunFolderError(self._busy_message(owner))
             log.warning("%s: taking over %s", self.path, what)
             self._remove_if(raw)
         raise RunFolderError(f"could not take the lock {self.path}: other runs keep starting in this folder")
+
+    def _stale_reason(self, owner: dict[str, Any]) -> str | None:
+        """Why ``owner``'s lock may be taken over (None: it may not)."""
+        pid, host = owner["pid"], owner.get("host")
+        if host == socket.gethostname():
+            return None if _is_live(owner) else f"the lock of process {pid} (no longer running)"
+        age = self._age_s()
+        if self.force:
+            return f"the lock of process {pid} on {host} (--force_unlock; last heartbeat {age / 60:.1f} min ago)"
+        if self.stale_after_s > 0 and age > self.stale_after_s:
+            return (
+                f"the lock of process {pid} on {host} (no heartbeat for {age / 60:.1f} min, more than "
+                f"--lock_stale_min {self.stale_after_s / 60:g}: its container or node is gone)"
+            )
+        return None
+
+    def _age_s(self) -> float:
+        try:
+            return max(0.0, time.time() - self.path.stat().st_mtime)
+        except FileNotFoundError:
+            return 0.0
+
+    def _busy_message(self, owner: dict[str, Any]) -> str:
+        message = (
+            f"{self.path.parent} is in use by process {owner['pid']} on {owner['host']} (since "
+            f"{owner.get('since', '?')}); wait for it to finish or pass another --run_name"
+        )
+        if owner.get("host") == socket.gethostname():
+            return message + f" (if that process is gone, delete {self.path})"
+        wait = f"after {self.stale_after_s / 60:g} min without a heartbeat, " if self.stale_after_s > 0 else ""
+        return message + (
+            f"; its last heartbeat was {self._age_s() / 60:.1f} min ago: the lock is taken over {wait}or with "
+            "--force_unlock once you know that run has stopped"
+        )
+
+    def _start_heartbeat(self) -> None:
+        if self.heartbeat_s <= 0:
+            return
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="run.lock heartbeat", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if self.path.read_text() != self._text:  # taken over: a second writer would clobber the folder
+                    log.error("%s: the lock was taken over by another run; this run should stop", self.path)
+                    return
+                os.utime(self.path)
+            except OSError:  # a file system hiccup: the next beat tries again
+                pass
 
     def _remove_if(self, raw: str) -> None:
         """Remove the stale lock, unless another run replaced it since it was read."""
@@ -129,6 +191,9 @@ class RunLock:
         if not self.held:
             return
         self.held = False
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=5)
         try:
             if self.path.read_text() == self._text:
                 self.path.unlink()
@@ -145,8 +210,7 @@ def _parse(raw: str) -> dict[str, Any] | None:
 
 
 def _is_live(owner: dict[str, Any]) -> bool:
-    if owner.get("host") != socket.gethostname():
-        return True  # a process on another machine cannot be checked from here
+    """Whether the owner, a process of this host, still runs."""
     pid = owner["pid"]
     if not _alive(pid):
         return False
@@ -166,13 +230,23 @@ class RunFolder:
             self.lock.release()
 
 
-def open_run_folder(output_dir: str, run_name: str, resume: str, create: bool = True) -> RunFolder:
-    """Create and lock ``output_dir/run_name``, then decide what to resume; refuses to clobber a run."""
+def open_run_folder(
+    output_dir: str,
+    run_name: str,
+    resume: str,
+    create: bool = True,
+    stale_after_s: float = 0.0,
+    force_unlock: bool = False,
+) -> RunFolder:
+    """Create and lock ``output_dir/run_name``, then decide what to resume; refuses to clobber a run.
+
+    ``stale_after_s`` and ``force_unlock``: when another host's lock is taken over (:class:`RunLock`).
+    """
     run_dir = Path(output_dir).expanduser() / run_name
     lock = None
     if create:
         make_folder(run_dir, Path(output_dir).expanduser())
-        lock = RunLock(run_dir).acquire()
+        lock = RunLock(run_dir, stale_after_s, force_unlock).acquire()
     try:
         resume_path = _choose_resume(run_dir, resume)
         if lock is not None:

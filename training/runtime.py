@@ -29,7 +29,19 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: {torch.cuda.device_count()} GPU(s) are visible here (cuda:0 onwards; "
+            "CUDA_VISIBLE_DEVICES renumbers them)"
+        )
     return device
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` the current CUDA device: kernels, cuDNN handles and the allocator of tensors created
+    without a device (``torch.cuda.current_device()``) then live there rather than on GPU 0."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -43,6 +55,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+TF32_FLAGS = ("torch.backends.cudnn.allow_tf32", "torch.backends.cuda.matmul.allow_tf32")
+
+
+def set_tf32(mode: str) -> dict[str, bool]:
+    """Set both TF32 switches for ``--tf32`` (conv, all, off); returns them as :func:`tf32_flags` does.
+
+    Set explicitly rather than left to the installed PyTorch, whose matmul default changed in 1.12: a run's
+    precision then depends on its flags alone (README, "Precision").
+    """
+    torch.backends.cudnn.allow_tf32 = mode in ("conv", "all")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "all"
+    return tf32_flags()
+
+
+def tf32_flags() -> dict[str, bool]:
+    """The TF32 switches in force, under their PyTorch names (recorded in config.json)."""
+    return {
+        TF32_FLAGS[0]: bool(torch.backends.cudnn.allow_tf32),
+        TF32_FLAGS[1]: bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument factory of the autocast context for the network forwards (``off``: a no-op)."""
     if amp == "off":
@@ -50,7 +84,17 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or off")
+    if amp == "bf16" and device.type == "cuda" and not _cuda_bf16(device):
+        raise ConfigError(
+            f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 units (compute capability below 8.0); "
+            "use --amp fp16 or off"
+        )
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Native bf16 on this GPU; emulated bf16 (which recent PyTorch reports as supported) is far slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def eval_batch_size(cfg, device: torch.device) -> int:
@@ -75,7 +119,12 @@ def eval_batch_size(cfg, device: torch.device) -> int:
 
 # ---------------------------------------------------------------- RNG state --------------------------------
 # Stored as plain tensors/ints/lists so checkpoints load with torch.load(weights_only=True).
-def capture_rng_state() -> dict:
+def capture_rng_state(device: torch.device | None = None) -> dict:
+    """Python, numpy and torch CPU streams, plus the CUDA stream of ``device`` alone when it is a GPU.
+
+    Only the run's own GPU is read: asking for every visible GPU's state creates a CUDA context on each of
+    them (on GPU 0 even for a CPU run), which breaks forked children and occupies memory on other runs' GPUs.
+    """
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
@@ -88,29 +137,61 @@ def capture_rng_state() -> dict:
         },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Put back what :func:`capture_rng_state` saved; the CUDA stream goes to ``device`` (warned when it cannot)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    on_gpu = device is not None and device.type == "cuda"
+    saved = state.get("cuda_device")
+    if saved is None and "cuda" in state:  # checkpoints that held every visible GPU's stream
+        streams = state["cuda"]
+        index = (device.index or 0) if on_gpu else 0
+        if on_gpu and len(streams) != torch.cuda.device_count():
+            log.warning(
+                "the checkpoint holds the CUDA random streams of %d GPU(s), %d are visible now: the stream of "
+                "GPU %d is restored from the checkpoint's GPU %d, so the run is not bit-identical to an "
+                "uninterrupted one",
+                len(streams),
+                torch.cuda.device_count(),
+                index,
+                min(index, len(streams) - 1),
+            )
+        saved = streams[min(index, len(streams) - 1)] if streams else None
+    if on_gpu and saved is not None:
+        torch.cuda.set_rng_state(saved, device)
+    elif on_gpu or saved is not None:
+        log.warning(
+            "the checkpoint was saved on %s and is resumed on %s: the GPU random stream (augmentation and sampling "
+            "noise drawn on the GPU) starts afresh, so the run is not bit-identical "
+            "to an uninterrupted one",
+            "a GPU" if saved is not None else "the CPU",
+            device,
+        )
 
 
 # ---------------------------------------------------------------- provenance -------------------------------
+GIT_SHA_ENV = "INSTANCEGM_GIT_SHA"  # set at image build time (Dockerfile_train's GIT_SHA build argument)
+
+
 def git_sha() -> str:
+    """The commit the code is at: ``git rev-parse HEAD``, or, where there is no repository (a Docker image is
+    built without .git), the ``INSTANCEGM_GIT_SHA`` environment variable; empty when neither is known."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return ""
+        pass
+    return os.environ.get(GIT_SHA_ENV, "").strip()
 
 
 def environment_info(device: torch.device) -> dict:
@@ -128,6 +209,7 @@ def environment_info(device: torch.device) -> dict:
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
+        "tf32": tf32_flags(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -130,6 +130,12 @@ class CoTrainer:
         self.config_history: list[dict] = list(config_history or [])  # segments whose settings changed
         self._data_identity = data.identity()  # checked by the next resume
 
+    def resume_from(self, state: dict) -> None:
+        """The run state a checkpoint carries beyond the peers' weights and optimisers."""
+        self._vae_pool = state["vae_pool"]
+        if state.get("scaler") and self.scaler.is_enabled():  # a checkpoint of another --amp has none to give
+            self.scaler.load_state_dict(state["scaler"])
+
     # ================================================================ the algorithm ==========================
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -209,6 +215,8 @@ class CoTrainer:
             if (i + 1) % cfg.log_interval == 0:
                 self._check_finite(meters, epoch, peer, bar)
         means = self._check_finite(meters, epoch, peer, bar)
+        # Every rank's BatchNorm statistics the same before they are used (eval-mode peer, divide, test, checkpoint)
+        dist_lib.average_buffers(self.dist, peer.net)
         if cfg.vae_fixed_subset and getattr(self.data, "last_warmup_indices", None) is not None:
             # NOTE(original): Clothing1M's VAE loader is the last warm-up subset (net2's, epoch 0), kept for
             # the whole run (README Differences #10).
@@ -366,6 +374,7 @@ class CoTrainer:
             if (i + 1) % cfg.log_interval == 0:
                 self._check_finite(meters, epoch, peer, bar)
         means = self._check_finite(meters, epoch, peer, bar)
+        dist_lib.average_buffers(self.dist, peer.net, peer.vae)  # as after the warm-up
         means["lambda_u"] = dividemix.linear_rampup(epoch + 1, cfg.warm_up, cfg.lambda_u, cfg.rampup_length)
         return self._prefixed(f"train/{peer.name}", means) | {
             f"time/{peer.name}/images_per_s": seen / max(time.perf_counter() - t0, 1e-9)
@@ -515,11 +524,14 @@ class CoTrainer:
             "peers": {peer.name: peer.state_dict() for peer in self.peers},
             "best": self.best,
             "history": self.history,
-            "rng": capture_rng_state(),
+            "rng": capture_rng_state(self.device),
             "data": self.data.state_dict(),
             "vae_pool": self._vae_pool,
             "data_identity": self._data_identity,
             "config_history": self.config_history,
+            # fp16: the loss scale and its growth counter; without them a resume restarts at 2^16 and skips
+            # the steps whose gradients overflow until the scale has backed off again ({} when disabled).
+            "scaler": self.scaler.state_dict(),
             "git_sha": git_sha(),
         }
         ckpt_lib.save_atomic(state, self.run_dir / ckpt_lib.FILENAME)
