@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,16 +135,41 @@ def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
     return rundir.open_run_folder(cfg.output_dir, cfg.run_name or cfg.default_run_name(), cfg.resume, create)
 
 
+def saved_settings(resume: str) -> dict[str, Any]:
+    """The settings of the run that ``--resume`` names (its folder or a checkpoint), to continue it with.
+
+    A ``checkpoint.pt`` continues in its own folder, wherever that has moved since; any other file (a copy)
+    continues in the folder its settings name, unless --output_dir / --run_name say otherwise.
+    """
+    path = Path(resume).expanduser()
+    ckpt = path / ckpt_lib.FILENAME if path.is_dir() else path
+    if not ckpt.is_file():
+        what = f"{path} holds no {ckpt_lib.FILENAME}" if path.is_dir() else "no such file or run folder"
+        raise ckpt_lib.CheckpointError(f"--resume {resume}: {what} (auto: the run these flags name)")
+    settings = dict(ckpt_lib.load(ckpt)["config"])
+    settings["resume"] = str(ckpt)
+    if ckpt.name == ckpt_lib.FILENAME:
+        folder = ckpt.parent if ckpt.parent.name else ckpt.resolve().parent
+        settings.update(output_dir=str(folder.parent), run_name=folder.name)
+    return settings
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; ``str()`` says what was saved and how to continue."""
 
 
-def _interrupted(run_dir: Path) -> RunInterrupted:
+def _interrupted(run_dir: Path, training: bool) -> RunInterrupted:
     if (run_dir / ckpt_lib.FILENAME).exists():
         return RunInterrupted(
-            f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with --resume auto"
+            f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with: "
+            + rundir.resume_command(run_dir)
         )
+    if not training:
+        return RunInterrupted(START_UP_INTERRUPTED)
     return RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
+
+
+START_UP_INTERRUPTED = "during start-up, before the first epoch completed"
 
 
 def main_run(cfg: Config) -> dict:
@@ -154,10 +180,12 @@ def main_run(cfg: Config) -> dict:
     from dataloaders import build_data
 
     cfg = apply_smoke(cfg.validate())
+    if cfg.threads:  # before data and models are built, so that every phase runs on that many threads
+        torch.set_num_threads(cfg.threads)
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
     folder = None
-    logging_to_run_dir = False
+    logging_to_run_dir = training = discard = False
     try:
         folder = prepare_run_dir(cfg, create=main)
         run_dir, resume_path = folder.path, folder.resume
@@ -223,6 +251,7 @@ def main_run(cfg: Config) -> dict:
             cfg, data, peers, device, autocast, sink, run_dir, start_epoch, history, best, dist_info=info_dist
         )
         trainer._vae_pool = vae_pool
+        training = True
         try:
             summary = trainer.fit()
         finally:
@@ -242,7 +271,7 @@ def main_run(cfg: Config) -> dict:
                 "done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
                 acc["last"],
                 acc["best"],
-                acc["best_epoch"] + 1,
+                acc["best_epoch"],
                 acc["mean_last10"],
             )
         return summary
@@ -250,17 +279,23 @@ def main_run(cfg: Config) -> dict:
         # Ctrl-C and write failures become one line that says what was kept; the run's log.txt gets it too.
         failure: BaseException | None = err
         if isinstance(err, KeyboardInterrupt) and folder is not None and not isinstance(err, RunInterrupted):
-            failure = _interrupted(folder.path)
+            failure = _interrupted(folder.path, training)
         elif isinstance(err, OSError):
             failure = rundir.write_error(err, folder.path if folder else None) or err
         if logging_to_run_dir:
             log_failure(failure)
+        # A start that failed before training leaves no folder behind (the console showed why), not a lone log.txt.
+        discard = folder is not None and folder.created and main and not training
+        if discard:
+            setup_logging(None)
         if failure is err:
             raise
         raise failure from None
     finally:
         if folder is not None:
             folder.close()
+            if discard:
+                rundir.discard_start(folder.path)
         dist_lib.cleanup(info_dist)
 
 
@@ -334,11 +369,11 @@ def run(
     """Entry-script main: parse the CLI over the presets and train; user errors exit with one line."""
     setup_logging()
     try:
-        cfg = parse_cli(presets, default, argv, description)
+        cfg = parse_cli(presets, default, argv, description, restore=saved_settings)
         return main_run(cfg)
     except KeyboardInterrupt as err:
-        detail = str(err) if isinstance(err, RunInterrupted) else "during start-up, before the first epoch completed"
-        print(f"interrupted {detail}", file=sys.stderr)
+        detail = str(err) if isinstance(err, RunInterrupted) else START_UP_INTERRUPTED
+        print(f"interrupted: {detail}", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as err:
         if not _is_user_error(err):

@@ -1,0 +1,122 @@
+"""What a new user meets first: the thread count, resuming a run by its folder, the start-up messages, failed
+start-ups, the torch/torchvision pairing and predict on small folders (tiny real runs on Debian's Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import instanceGM
+from training import checkpoint as ckpt_lib
+from training.config import Config
+from training.metrics import read_jsonl, summarise
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """One thread (faster on a small shared machine); a test that changes it (--threads) gets the count back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _argv(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--dataset", "fashionmnist", "--method", "dividemix", "--r", "0.4", "--train_subset", "64",
+        "--balanced_subset", "--test_subset", "32", "--width", "8", "--batch_size", "16", "--lr", "0.05",
+        "--num_epochs", "2", "--warm_up", "1", "--seed", "5", "--log_interval", "2",
+        "--output_dir", str(tmp_path / "runs"), "--noise_dir", str(tmp_path / "noise"), "--run_name", name, *extra,
+    ]  # fmt: skip
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        instanceGM.main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+    return 0
+
+
+# ---------------------------------------------------------------- 1. --threads -----------------------------
+def test_threads_flag_is_a_recorded_config_field():
+    from training.config import ConfigError, parse_cli
+
+    cfg = parse_cli(instanceGM.PRESETS, "cifar10", ["--threads", "1"])
+    assert cfg.threads == 1 and json.loads(json.dumps(cfg.to_dict()))["threads"] == 1
+    assert parse_cli(instanceGM.PRESETS, "cifar10", []).threads == 0  # torch's own default unless asked
+    with pytest.raises(ConfigError, match="--threads -1"):
+        Config(threads=-1).validate()
+
+
+@needs_fmnist
+def test_threads_sets_torch_s_thread_count_for_the_run(tmp_path):
+    torch.set_num_threads(2)
+    assert _main(_argv(tmp_path, "one", "--threads", "1", "--num_epochs", "1", "--method", "ce")) == 0
+    info = json.loads((tmp_path / "runs" / "one" / "config.json").read_text())
+    assert info["config"]["threads"] == 1 and info["environment"]["cpu_threads"] == 1
+    assert torch.get_num_threads() == 1
+
+
+# ---------------------------------------------------------------- 2. --resume RUN_DIR -----------------------
+@needs_fmnist
+def test_resume_by_folder_restores_the_run_s_settings(tmp_path, capsys):
+    assert _main(_argv(tmp_path, "r", "--num_epochs", "2")) == 0
+    run_dir = tmp_path / "runs" / "r"
+    # no other flag: the checkpoint's settings (Fashion-MNIST, 64 images, width 8, ...), not the CIFAR-10 preset's;
+    # --num_epochs given explicitly extends the run
+    assert _main(["--resume", str(run_dir), "--num_epochs", "3"]) == 0
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert (saved["dataset"], saved["train_subset"], saved["width"], saved["num_epochs"]) == ("fashionmnist", 64, 8, 3)
+    assert "resumed from" in capsys.readouterr().out
+    # the checkpoint file itself works as well; a flag given explicitly is still checked against the checkpoint
+    assert _main(["--resume", str(run_dir / ckpt_lib.FILENAME), "--width", "16", "--num_epochs", "4"]) == 2
+    assert "width: checkpoint 8 vs now 16" in capsys.readouterr().err
+    assert _main(["--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no such file or run folder" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_ctrl_c_prints_the_command_that_continues_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INSTANCEGM_FAULT", "epoch1/evaluate")
+    monkeypatch.setenv("INSTANCEGM_FAULT_ACTION", "interrupt")
+    assert _main(_argv(tmp_path, "c")) == 130
+    run_dir = tmp_path / "runs" / "c"
+    err = capsys.readouterr().err.strip()
+    prefix = f"interrupted: the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with: "
+    assert err.startswith(prefix)
+    command = shlex.split(err[len(prefix) :])
+    assert command[0] == (getattr(sys, "orig_argv", None) or [sys.executable])[0]
+    assert command[1].endswith(".py") and command[2:] == ["--resume", str(run_dir)]
+    monkeypatch.delenv("INSTANCEGM_FAULT")
+    assert _main(command[2:]) == 0  # the printed command, as it is, finishes the run
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
+
+
+# ---------------------------------------------------------------- 7. small things --------------------------
+def test_summary_best_epoch_is_numbered_like_the_log():
+    history = [{"epoch": 0, "test/acc": 50.0}, {"epoch": 1, "test/acc": 70.0}, {"epoch": 2, "test/acc": 60.0}]
+    assert summarise(history)["best_epoch"] == 2  # "epoch 2/3" in the log
+
+
+@needs_fmnist
+def test_a_failed_start_up_leaves_no_run_folder(tmp_path, capsys):
+    # the data cannot be read: the start fails before any epoch, in a folder it made itself
+    assert _main(_argv(tmp_path, "bad", "--data_path", str(tmp_path / "no_data"))) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "bad").exists()
+    # a folder that was there before keeps what it held
+    (tmp_path / "runs" / "kept").mkdir(parents=True)
+    (tmp_path / "runs" / "kept" / "notes.txt").write_text("mine")
+    assert _main(_argv(tmp_path, "kept", "--data_path", str(tmp_path / "no_data"))) == 2
+    assert (tmp_path / "runs" / "kept" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "runs" / "kept" / "log.txt").exists()  # not made by this start alone: left as it is
