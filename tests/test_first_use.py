@@ -120,3 +120,32 @@ def test_a_failed_start_up_leaves_no_run_folder(tmp_path, capsys):
     assert _main(_argv(tmp_path, "kept", "--data_path", str(tmp_path / "no_data"))) == 2
     assert (tmp_path / "runs" / "kept" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "runs" / "kept" / "log.txt").exists()  # not made by this start alone: left as it is
+
+
+# ---------------------------------------------------------------- 4. expected duration at start -------------
+def test_expected_duration_from_a_warm_up_step():
+    from training.progress import expected_duration_text, expected_run_s
+
+    cfg = Config(num_epochs=3, warm_up=2, batch_size=16, r=0.4, method="instancegm")
+    # warm-up epoch: 2 nets x 32 steps of 0.1 s + 1000 test images at a third of 0.1/32 s each
+    warm = 2 * 32 * 0.1 + 1000 * 0.1 / 32 / 3
+    # co-training epoch: per net a divide pass (1000 images, forward) and 38 steps (600 labeled / 16) at 5x
+    train = 2 * (1000 * 0.1 / 32 / 3 + 38 * 0.1 * 5) + 1000 * 0.1 / 32 / 3
+    assert expected_run_s(0.1, cfg, 1000, 1000) == pytest.approx(2 * warm + train)
+    assert expected_run_s(0.1, cfg, 1000, 1000, start_epoch=2) == pytest.approx(train)
+    assert expected_run_s(0.1, cfg.replace(method="ce"), 1000, 1000) == pytest.approx(3 * warm)
+    # the paper's recipe on a CPU: days, with the pointer to a CPU-sized run
+    paper = Config(width=64, num_epochs=300, warm_up=10)
+    text = expected_duration_text(2.0, paper, 50_000, 10_000, on_cpu=True)
+    assert text.startswith("expected duration: roughly ") and " h for epochs 1-300" in text
+    assert "--train_subset 1000" in text
+    assert "--train_subset" not in expected_duration_text(2.0, paper, 50_000, 10_000, on_cpu=False)
+
+
+@needs_fmnist
+def test_a_run_says_its_expected_duration_before_the_first_epoch_ends(tmp_path, capsys):
+    assert _main(_argv(tmp_path, "t", "--train_subset", "256", "--num_epochs", "2")) == 0
+    out = capsys.readouterr().out
+    said = out.index("expected duration: roughly ")
+    assert said < out.index("epoch 1/2 [warmup]")  # before the first epoch's line
+    assert "for epochs 1-2 (" in out[said:].splitlines()[0]
