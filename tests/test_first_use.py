@@ -149,3 +149,35 @@ def test_a_run_says_its_expected_duration_before_the_first_epoch_ends(tmp_path, 
     said = out.index("expected duration: roughly ")
     assert said < out.index("epoch 1/2 [warmup]")  # before the first epoch's line
     assert "for epochs 1-2 (" in out[said:].splitlines()[0]
+
+
+# ---------------------------------------------------------------- 5. torch / torchvision pairing -----------
+def test_a_mixed_torch_torchvision_pair_is_named_with_its_fix():
+    from training.versions import matching_torchvision, pair_problem
+
+    assert matching_torchvision("2.5.1+cpu") == "0.20.1" and matching_torchvision("2.14.1+cu130") == "0.29.1"
+    for good in [("2.5.1+cpu", "0.20.1+cpu"), ("2.5.1", "0.20.1"), ("2.6.0+cu124", "0.21.0"), ("2.6.0a0+nv", "0.20a")]:
+        assert pair_problem(*good) is None, good
+    mixed = pair_problem("2.5.1+cpu", "0.20.1+cu124")
+    assert "torch 2.5.1+cpu and torchvision 0.20.1+cu124 are not a pair (different builds)" in mixed
+    assert "-m pip install --force-reinstall torch==2.5.1 torchvision==0.20.1 --index-url " in mixed
+    assert "torch 2.5.1 needs torchvision 0.20.1" in pair_problem("2.5.1", "0.19.0")
+    broken = pair_problem("2.5.1+cpu", None, "RuntimeError: operator torchvision::nms does not exist\nmore")
+    assert broken.startswith("torchvision does not load with torch 2.5.1+cpu (RuntimeError: operator torchvision::nms")
+    assert "\n" not in broken
+
+
+def test_a_run_with_a_mixed_pair_stops_at_start_in_one_line(tmp_path, capsys, monkeypatch):
+    import types
+
+    import torchvision
+
+    fake = types.ModuleType("torchvision")
+    fake.__dict__.update(torchvision.__dict__)  # what the engine uses still works; only the version is another build
+    fake.__version__ = torchvision.__version__.split("+")[0] + "+cpu"
+    monkeypatch.setattr(torch, "__version__", torch.__version__.split("+")[0] + "+cu124")
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    assert _main(_argv(tmp_path, "mixed")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: torch ") and "are not a pair (different builds)" in err
+    assert not (tmp_path / "runs" / "mixed").exists()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from training import checkpoint as ckpt_lib
-from training import dashboards, faults, rundir
+from training import dashboards, faults, rundir, versions
 from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
 from training.metrics import MetricSink
@@ -180,6 +180,7 @@ def main_run(cfg: Config) -> dict:
     from dataloaders import build_data
 
     cfg = apply_smoke(cfg.validate())
+    versions.check_torchvision()  # a mixed pair would fail later, in a traceback far from its cause
     if cfg.threads:  # before data and models are built, so that every phase runs on that many threads
         torch.set_num_threads(cfg.threads)
     info_dist = dist_lib.init_distributed(cfg.device)

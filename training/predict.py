@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from training import checkpoint as ckpt_lib
-from training import dividemix
+from training import dividemix, versions
 from training.config import Config, HelpFormatter
 
 log = logging.getLogger("training")
@@ -377,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--relabel writes the run's training labels: use --split train")
         if args.sheet < 0:
             raise ValueError(f"--sheet {args.sheet}: the number of images must be >= 0")
+        versions.check_torchvision()
         rows, summary = predict(
             args.checkpoint,
             data_path=args.data_path,
