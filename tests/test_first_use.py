@@ -181,3 +181,39 @@ def test_a_run_with_a_mixed_pair_stops_at_start_in_one_line(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: torch ") and "are not a pair (different builds)" in err
     assert not (tmp_path / "runs" / "mixed").exists()
+
+
+# ---------------------------------------------------------------- 6. predict on a small set -----------------
+@needs_fmnist
+def test_predict_on_a_small_set_flags_by_prob_given_and_writes_into_the_run_folder(tmp_path, capsys, monkeypatch):
+    import csv
+
+    from training import predict
+
+    assert _main(_argv(tmp_path, "small", "--method", "instancegm")) == 0  # 60 training images (balanced 64)
+    run_dir = tmp_path / "runs" / "small"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    assert predict.main([str(run_dir / ckpt_lib.FILENAME), "--sort", "--sheet", "4"]) == 0
+    captured = capsys.readouterr()
+    assert list(cwd.iterdir()) == []  # nothing in the folder it was started from
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert (run_dir / "suspects.png").is_file() and len(rows) == 60 < predict.MIN_GMM_IMAGES
+    assert "60 images: too few for the GMM's clean probability" in captured.err + captured.out
+    assert all(r["suspect"] == str(int(float(r["prob_given"]) <= 0.5)) for r in rows)
+    given = [float(r["prob_given"]) for r in rows]
+    assert given == sorted(given)  # --sort follows the score that flags
+    assert "suspect labels (prob_given <= 0.5)" in captured.out
+
+
+def test_predict_default_outputs_go_into_the_run_folder(tmp_path):
+    from training.predict import default_outputs, sheet_beside
+
+    ckpt = tmp_path / "runs" / "r" / "checkpoint.pt"
+    assert default_outputs(ckpt, "train", "") == tmp_path / "runs" / "r" / "predictions.csv"
+    folder = default_outputs(ckpt, "folder", str(tmp_path / "pets" / "test"))
+    assert folder == tmp_path / "runs" / "r" / "predictions_test.csv"
+    assert sheet_beside(folder).name == "suspects_test.png"
+    assert sheet_beside(tmp_path / "review" / "pred.csv") == tmp_path / "review" / "suspects.png"
