@@ -83,6 +83,9 @@ def test_resume_by_folder_restores_the_run_s_settings(tmp_path, capsys):
     assert "width: checkpoint 8 vs now 16" in capsys.readouterr().err
     assert _main(["--resume", str(tmp_path / "nowhere")]) == 2
     assert "no such file or run folder" in capsys.readouterr().err
+    # --resume auto names the run by the other flags: where that run has no checkpoint, it says so as it starts
+    assert _main(_argv(tmp_path, "fresh", "--resume", "auto", "--method", "ce", "--num_epochs", "1")) == 0
+    assert "--resume auto: no checkpoint in " in capsys.readouterr().out
 
 
 @needs_fmnist

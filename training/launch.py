@@ -192,6 +192,12 @@ def main_run(cfg: Config) -> dict:
         run_dir, resume_path = folder.path, folder.resume
         setup_logging(run_dir if main else None, quiet=not main)
         logging_to_run_dir = main
+        if cfg.resume == "auto" and resume_path is None:  # "auto" names a run by the flags, not the last run
+            log.info(
+                "--resume auto: no checkpoint in %s, so a new run starts there; to continue another run pass "
+                "its folder: --resume runs/<run>",
+                run_dir,
+            )
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
         seed_everything(cfg.seed + info_dist.rank, cfg.deterministic)

@@ -24,6 +24,7 @@ from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
 from training.progress import StartupTimer, remaining_time_text
+from training.rundir import resume_command
 from training.runtime import capture_rng_state, eval_batch_size, git_sha
 
 log = logging.getLogger("training")
@@ -497,11 +498,11 @@ class CoTrainer:
             raise TrainingDiverged(
                 f"{peer.name}: the loss became NaN/inf in epoch {epoch + 1} (non-finite: {', '.join(bad)}); "
                 + (
-                    f"the last good checkpoint is {last}: resume it with --resume auto"
+                    f"the last good checkpoint is {last}: continue it, with a lower --lr or --amp off, with: "
+                    f"{resume_command(self.run_dir)} --lr <lower>"
                     if last.exists()
-                    else "no epoch completed yet: start again"
+                    else "no epoch completed yet: start again after lowering --lr or with --amp off"
                 )
-                + " after lowering --lr or with --amp off"
             )
         return means
 
