@@ -105,6 +105,16 @@ def test_ctrl_c_prints_the_command_that_continues_the_run(tmp_path, capsys, monk
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
 
 
+@needs_fmnist
+def test_a_diverged_run_names_the_command_that_continues_it(tmp_path, capsys):
+    assert _main(_argv(tmp_path, "d", "--num_epochs", "1", "--method", "ce")) == 0
+    run_dir = tmp_path / "runs" / "d"
+    assert _main(["--resume", str(run_dir), "--num_epochs", "2", "--lr", "nan"]) == 2  # NaN weights from the first step
+    err = capsys.readouterr().err
+    assert f"the last good checkpoint is {run_dir / ckpt_lib.FILENAME}" in err
+    assert f"--resume {run_dir} --lr <lower>" in err
+
+
 # ---------------------------------------------------------------- 7. small things --------------------------
 def test_summary_best_epoch_is_numbered_like_the_log():
     history = [{"epoch": 0, "test/acc": 50.0}, {"epoch": 1, "test/acc": 70.0}, {"epoch": 2, "test/acc": 60.0}]
@@ -123,6 +133,15 @@ def test_a_failed_start_up_leaves_no_run_folder(tmp_path, capsys):
     assert _main(_argv(tmp_path, "kept", "--data_path", str(tmp_path / "no_data"))) == 2
     assert (tmp_path / "runs" / "kept" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "runs" / "kept" / "log.txt").exists()  # not made by this start alone: left as it is
+
+
+@needs_fmnist
+def test_ctrl_c_during_start_up_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INSTANCEGM_FAULT", "build_peers")
+    monkeypatch.setenv("INSTANCEGM_FAULT_ACTION", "interrupt")
+    assert _main(_argv(tmp_path, "startup")) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: during start-up, before the first epoch completed"
+    assert not (tmp_path / "runs" / "startup").exists()
 
 
 # ---------------------------------------------------------------- 4. expected duration at start -------------
