@@ -116,9 +116,13 @@ else
     rm -f "$archive.part"
     if ! fetch "$url" "$archive.part"; then
         rm -f "$archive.part"
-        rmdir "$dest" 2>/dev/null || true # only if this run created it and it is still empty
+        by_hand="put $tarball (MD5 $md5) into $dest by hand and rerun"
+        # An empty folder this run created is taken away again: the advice then says to make it.
+        if rmdir "$dest" 2>/dev/null; then
+            by_hand="mkdir -p $dest, put $tarball (MD5 $md5) into it by hand and rerun"
+        fi
         die "could not download $url (offline, proxy or firewall?). Fix the connection and rerun, set CIFAR_URL to a" \
-            "mirror or local copy, or put $tarball (MD5 $md5) into $dest by hand and rerun."
+            "mirror or local copy, or $by_hand."
     fi
     got="$(md5_of "$archive.part")"
     if [[ "$got" != "$md5" ]]; then

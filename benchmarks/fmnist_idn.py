@@ -238,7 +238,7 @@ def cell_result(cfg: Config) -> dict[str, Any] | None:
         "gmm_recall": last.get("split/net1/recall"),
         "test_acc_last": acc["last"],
         "test_acc_best": acc["best"],
-        "best_epoch": acc["best_epoch"] + 1,
+        "best_epoch": acc["best_epoch"],
         "precision": last.get(f"split/net1/{selected}precision"),
         "recall": last.get(f"split/net1/{selected}recall"),
         "auc": last.get("split/net1/auc"),

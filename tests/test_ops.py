@@ -105,6 +105,15 @@ def test_cifar_script_rejects_a_wrong_md5_and_reports_a_failed_download(tmp_path
 
     offline = _script("cifar10", str(tmp_path / "b"), url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5="0" * 32)
     assert offline.returncode != 0 and "could not download" in offline.stderr and "CIFAR_URL" in offline.stderr
+    # the folder it made is gone again, and the advice says so; followed as written, it works offline
+    assert not (tmp_path / "b").exists()
+    md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
+    offline = _script("cifar10", str(tmp_path / "b"), url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5=md5)
+    assert f"mkdir -p {tmp_path / 'b'}, put cifar-10-python.tar.gz (MD5 {md5}) into it by hand" in offline.stderr
+    (tmp_path / "b").mkdir()
+    shutil.copy(tarball, tmp_path / "b" / "cifar-10-python.tar.gz")
+    by_hand = _script("cifar10", str(tmp_path / "b"), url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5=md5)
+    assert by_hand.returncode == 0 and (tmp_path / "b" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
 def test_cifar_script_downloads_with_python_where_curl_and_wget_are_missing(tmp_path, tiny_cifar10):

@@ -558,6 +558,28 @@ def test_report_counts_a_run_once_and_pools_only_like_runs(tmp_path, caplog):
     assert any(r.setting.endswith("smoke") for r in smoke.rows)
 
 
+def test_report_of_the_newcomer_s_runs_folder_pools_no_unlike_runs(tmp_path, caplog):
+    # a smoke run and two 12-epoch runs, all seed 123: the smoke run is left out (also from the plot), the two
+    # others differ in their test subset and are not seeds of one row
+    runs = tmp_path / "runs"
+    _loose_run(runs / "smoke", seed=123, best=8.6, epochs=2, smoke=True, train_subset=256, width=16)
+    quick = dict(train_subset=1000, balanced_subset=True, width=8)
+    _loose_run(runs / "quick", seed=123, best=69.2, epochs=12, test_subset=1000, **quick)
+    _loose_run(runs / "full_test", seed=123, best=66.3, epochs=12, **quick)
+    (rep,) = report_lib.main([str(runs), "--out", str(tmp_path / "out")])
+    rows = {r.setting: r for r in rep.rows}
+    assert sorted(rows) == [
+        "r=0.45,train_subset=1000,balanced_subset=True,test_subset=1000,width=8,num_epochs=12",
+        "r=0.45,train_subset=1000,balanced_subset=True,width=8,num_epochs=12",
+    ]
+    assert [r.status for r in rows.values()] == ["1/1", "1/1"] and all(r.stat("best")[1] is None for r in rows.values())
+    assert "smoke" not in (tmp_path / "out" / "report.md").read_text()
+    # the same seed of the same row twice, but not a copy: counted once, the warning names what differs
+    _loose_run(runs / "other_lr", seed=123, best=60.0, epochs=12, test_subset=1000, lr=0.1, **quick)
+    report_lib.collect([runs])
+    assert "seed 123; differ in lr: give them other seeds); counted once" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("damage", "why"),
     [

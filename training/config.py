@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -173,7 +173,12 @@ class Config:
     device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
     output_dir: str = opt("./runs", "parent folder of run folders")
     run_name: str = opt("", "run folder name (empty: <dataset>_<noise>_<method>_seed<seed>)")
-    resume: str = opt("", "auto: continue this run from its checkpoint, if any; or the path of a checkpoint.pt")
+    resume: str = opt(
+        "",
+        "a run folder or a checkpoint.pt: continue that run with the settings it was started with (flags given "
+        "change them, and are checked against the checkpoint); auto: continue the run these flags name, if it "
+        "has a checkpoint",
+    )
     allow_config_change: bool = opt(
         False, "with --resume: continue with changed hyper-parameters (config.json's config_history keeps each)"
     )
@@ -218,6 +223,11 @@ class Config:
         ("conv", "all", "off"),
     )
     log_interval: int = opt(50, "steps between progress-bar/loss updates (each one is a host sync)")
+    threads: int = opt(
+        0,
+        "torch intra-op CPU threads (0: torch's default, one per core); 1 is faster on a CPU that other jobs "
+        "share (README, Quick start); results are the same up to rounding",
+    )
 
     # ------------------------------------------------------------------
     def replace(self, **changes: Any) -> Config:
@@ -256,6 +266,8 @@ class Config:
             raise ConfigError(f"--p_threshold {self.p_threshold}: must be a probability in [0, 1]")
         if self.T <= 0 or self.alpha <= 0:
             raise ConfigError("--T and --alpha must be > 0")
+        if self.threads < 0:
+            raise ConfigError(f"--threads {self.threads}: pass a number of threads >= 1, or 0 for torch's default")
         if self.selection == "noise_rate" and self.method == "ce":
             raise ConfigError(
                 "--selection noise_rate selects samples for co-training: use --method instancegm or dividemix"
@@ -393,21 +405,42 @@ def build_parser(
 
 
 def parse_cli(
-    presets: Mapping[str, Config], default: str, argv: Sequence[str] | None = None, description: str = ""
+    presets: Mapping[str, Config],
+    default: str,
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    restore: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Pick the preset named by --dataset (or ``default``), then apply every other flag on top of it."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--dataset", default=default)
+    """Pick the preset named by --dataset (or ``default``), then apply every other flag on top of it.
+
+    ``restore`` maps a ``--resume`` run folder or checkpoint to the settings saved with it: those then take the
+    preset's place, so a run continues with its own settings, and only the flags given change them (the
+    checkpoint is checked against the result before anything runs).
+    """
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # "--r 0.4" is not "--resume 0.4"
+    pre.add_argument("--dataset", default=None)
+    pre.add_argument("--resume", default="")
     known, _ = pre.parse_known_args(argv)
-    key = known.dataset.lower().replace("-", "").replace("_", "")
+    saved = restore(known.resume) if restore is not None and known.resume not in ("", "auto") else None
+    name = known.dataset or (str(saved.get("dataset", default)) if saved is not None else default)
+    key = name.lower().replace("-", "").replace("_", "")
     lookup = {k.lower().replace("-", "").replace("_", ""): k for k in presets}
     if key not in lookup:
-        raise ConfigError(f"--dataset {known.dataset!r}: this script knows {', '.join(presets)}")
+        if known.dataset is None and saved is not None:
+            raise ConfigError(
+                f"--resume {known.resume}: a run of --dataset {name}, which this script does not train "
+                f"(it knows {', '.join(presets)}); continue it with the entry script that started it"
+            )
+        raise ConfigError(f"--dataset {name!r}: this script knows {', '.join(presets)}")
     base = presets[lookup[key]]
+    if saved is not None:
+        base = Config.from_dict({**saved, "dataset": base.dataset})
     parser = build_parser(base, description, dataset_names=list(presets))
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(Config)}
     values["dataset"] = base.dataset  # canonical spelling of the preset
+    if saved is not None:  # the checkpoint a run folder named, not the folder
+        values["resume"] = base.resume
     if args.gpuid is not None and values["device"] == "auto":
         values["device"] = f"cuda:{args.gpuid}"
     if args.id and not values["run_name"]:

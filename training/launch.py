@@ -10,12 +10,13 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from training import checkpoint as ckpt_lib
-from training import dashboards, faults, rundir
+from training import dashboards, faults, rundir, versions
 from training import distributed as dist_lib
 from training.config import Config, ConfigError, parse_cli
 from training.metrics import MetricSink
@@ -146,6 +147,25 @@ def prepare_run_dir(cfg: Config, create: bool = True) -> rundir.RunFolder:
     )
 
 
+def saved_settings(resume: str) -> dict[str, Any]:
+    """The settings of the run that ``--resume`` names (its folder or a checkpoint), to continue it with.
+
+    A ``checkpoint.pt`` continues in its own folder, wherever that has moved since; any other file (a copy)
+    continues in the folder its settings name, unless --output_dir / --run_name say otherwise.
+    """
+    path = Path(resume).expanduser()
+    ckpt = path / ckpt_lib.FILENAME if path.is_dir() else path
+    if not ckpt.is_file():
+        what = f"{path} holds no {ckpt_lib.FILENAME}" if path.is_dir() else "no such file or run folder"
+        raise ckpt_lib.CheckpointError(f"--resume {resume}: {what} (auto: the run these flags name)")
+    settings = dict(ckpt_lib.load(ckpt)["config"])
+    settings["resume"] = str(ckpt)
+    if ckpt.name == ckpt_lib.FILENAME:
+        folder = ckpt.parent if ckpt.parent.name else ckpt.resolve().parent
+        settings.update(output_dir=str(folder.parent), run_name=folder.name)
+    return settings
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or a stop signal) during a run; ``str()`` says what was saved and how to continue."""
 
@@ -187,11 +207,14 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def _interrupted(run_dir: Path, signum: int | None = None) -> RunInterrupted:
+def _interrupted(run_dir: Path, training: bool, signum: int | None = None) -> RunInterrupted:
     if (run_dir / ckpt_lib.FILENAME).exists():
         stop = RunInterrupted(
-            f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with --resume auto"
+            f"the last completed epoch is in {run_dir / ckpt_lib.FILENAME}; continue with: "
+            + rundir.resume_command(run_dir)
         )
+    elif not training:
+        stop = RunInterrupted(START_UP_INTERRUPTED)
     else:
         stop = RunInterrupted(f"before the first epoch completed; nothing to resume in {run_dir}")
     stop.signum = signum
@@ -201,6 +224,9 @@ def _interrupted(run_dir: Path, signum: int | None = None) -> RunInterrupted:
 def _stopped_by(err: BaseException) -> str:
     signum = getattr(err, "signum", None)
     return "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
+
+
+START_UP_INTERRUPTED = "during start-up, before the first epoch completed"
 
 
 def main_run(cfg: Config) -> dict:
@@ -216,10 +242,13 @@ def main_run(cfg: Config) -> dict:
 def _main_run(cfg: Config) -> dict:
     from dataloaders import build_data
 
+    versions.check_torchvision()  # a mixed pair would fail later, in a traceback far from its cause
+    if cfg.threads:  # before data and models are built, so that every phase runs on that many threads
+        torch.set_num_threads(cfg.threads)
     info_dist = dist_lib.init_distributed(cfg.device)
     main = info_dist.is_main
     folder = None
-    logging_to_run_dir = started = False
+    logging_to_run_dir = started = training = discard = False
     # A start-up that is refused (bad settings, another run's checkpoint, other data) leaves the folder as it was:
     # no log.txt lines, no new empty folder.
     target = Path(cfg.output_dir).expanduser() / (cfg.run_name or cfg.default_run_name())
@@ -231,6 +260,12 @@ def _main_run(cfg: Config) -> dict:
         run_dir, resume_path = folder.path, folder.resume
         setup_logging(run_dir if main else None, quiet=not main)
         logging_to_run_dir = main
+        if cfg.resume == "auto" and resume_path is None:  # "auto" names a run by the flags, not the last run
+            log.info(
+                "--resume auto: no checkpoint in %s, so a new run starts there; to continue another run pass "
+                "its folder: --resume runs/<run>",
+                run_dir,
+            )
         device = dist_lib.device_for(info_dist, resolve_device(cfg.device))
         use_device(device)
         # Each process its own stream (Beta draws, Gumbel noise, ...); DDP makes the initial weights equal.
@@ -315,6 +350,7 @@ def _main_run(cfg: Config) -> dict:
         )
         if state is not None:
             trainer.resume_from(state)
+        training = True
         try:
             summary = trainer.fit()
         finally:
@@ -334,7 +370,7 @@ def _main_run(cfg: Config) -> dict:
                 "done: test accuracy last %.2f, best %.2f (epoch %d), mean of last 10 %.2f",
                 acc["last"],
                 acc["best"],
-                acc["best_epoch"] + 1,
+                acc["best_epoch"],
                 acc["mean_last10"],
             )
         return summary
@@ -342,21 +378,27 @@ def _main_run(cfg: Config) -> dict:
         # Ctrl-C and write failures become one line that says what was kept; the run's log.txt gets it too.
         failure: BaseException | None = err
         if isinstance(err, KeyboardInterrupt) and folder is not None and not isinstance(err, RunInterrupted):
-            failure = _interrupted(folder.path, getattr(err, "signum", None))
+            failure = _interrupted(folder.path, training, getattr(err, "signum", None))
         elif isinstance(err, OSError):
             failure = rundir.write_error(err, folder.path if folder else None) or err
         refused = logging_to_run_dir and not started and _is_user_error(failure)
         if logging_to_run_dir and not refused:
             log_failure(failure)
+        # A start that failed before training leaves no folder behind (the console showed why), not a lone log.txt.
+        discard = folder is not None and folder.created and main and not training
+        if discard:
+            setup_logging(None)
         if failure is err:
             raise
         raise failure from None
     finally:
         if folder is not None:
             folder.close()
-        if refused:
-            setup_logging(None)  # let go of log.txt before putting it back as it was
+        if refused:  # a refusal puts an existing folder back as it was
+            setup_logging(None)  # let go of log.txt first
             rundir.undo_start(target, fresh_folder, log_before)
+        elif discard:
+            rundir.discard_start(folder.path)
         dist_lib.cleanup(info_dist)
 
 
@@ -432,11 +474,11 @@ def run(
     """Entry-script main: parse the CLI over the presets and train; user errors exit with one line."""
     setup_logging()
     try:
-        cfg = parse_cli(presets, default, argv, description)
+        cfg = parse_cli(presets, default, argv, description, restore=saved_settings)
         return main_run(cfg)
     except KeyboardInterrupt as err:
-        detail = str(err) if isinstance(err, RunInterrupted) else "during start-up, before the first epoch completed"
-        print(f"{_stopped_by(err)} {detail}", file=sys.stderr)
+        detail = str(err) if isinstance(err, RunInterrupted) else START_UP_INTERRUPTED
+        print(f"{_stopped_by(err)}: {detail}", file=sys.stderr)
         signum = getattr(err, "signum", None)
         raise SystemExit(130 if signum is None else 128 + signum) from None
     except Exception as err:

@@ -52,7 +52,8 @@ def split_quality(prob: Tensor, is_clean: Tensor, p_threshold: float) -> dict[st
 
 
 def summarise(history: list[dict[str, Any]], key: str = "test/acc") -> dict[str, Any]:
-    """Last, best and mean-of-last-10 of a metric over the epochs (the paper's rule is not stated: all three)."""
+    """Last, best (and its epoch, from 1) and mean-of-last-10 of a metric over the epochs (the paper's rule is not
+    stated: all three)."""
     values = [(h["epoch"], h[key]) for h in history if key in h]
     if not values:
         return {}
@@ -61,7 +62,7 @@ def summarise(history: list[dict[str, Any]], key: str = "test/acc") -> dict[str,
     return {
         "last": accs[-1],
         "best": best,
-        "best_epoch": best_epoch,
+        "best_epoch": best_epoch + 1,  # numbered from 1, as the log numbers epochs
         "mean_last10": float(np.mean(accs[-10:])),
         "epochs": len(accs),
     }

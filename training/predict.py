@@ -33,8 +33,15 @@ One CSV row per image:
                    each net's own GMM clean probability, from its own losses and its own GMM (``clean_prob`` is
                    their mean); as in training, where each net's split is the other net's training set
 ``suspect``        1 when ``clean_prob <= p_threshold``: the sample the trainer would have put in the unlabelled
-                   set; these are the rows to relabel first (``--sort`` lists them first)
+                   set; these are the rows to relabel first (``--sort`` lists them first). Below
+                   ``MIN_GMM_IMAGES`` scored images the GMM has too little to separate (on a correctly labelled
+                   folder of a few dozen images it flags half of them): there ``suspect`` is
+                   ``prob_given <= p_threshold``, with a warning, and ``--sort`` and the contact sheet follow
+                   ``prob_given``
 =================  ============================================================================================
+
+Without ``--out`` the CSV goes into the run's folder: ``predictions.csv`` for its training set,
+``predictions_<folder>.csv`` for a folder (the contact sheet beside it: ``suspects.png``, ``suspects_<folder>.png``).
 
 Class names are added (``given_class``, ``predicted_class``) when the run knows them (``imagefolder``,
 Fashion-MNIST, CIFAR-10).
@@ -55,10 +62,19 @@ import torch
 from torch import Tensor, nn
 
 from training import checkpoint as ckpt_lib
-from training import dividemix
+from training import dividemix, versions
 from training.config import Config, HelpFormatter
 
 log = logging.getLogger("training")
+
+# Fewer scored images than this: the 2-component GMM on the losses is not meaningful (README, "Finding
+# mislabelled images": it needs hundreds of images with both right and wrong labels).
+MIN_GMM_IMAGES = 200
+SMALL_SET_WARNING = (
+    "{num} images: too few for the GMM's clean probability (it needs hundreds, with both right and wrong "
+    "labels; on a few dozen it flags correct labels); suspect is prob_given <= {tau:g} here, clean_prob is "
+    "written but not used"
+)
 
 
 class _KeepLogits(nn.Module):
@@ -205,6 +221,12 @@ def predict(
     per_net = [clean_probability(loss[order], cfg) for loss in losses] if given is not None else []
     clean = torch.stack(per_net).mean(0) if per_net else None
     names = list(classes) if classes else None
+    flag_by = "prob_given" if given is not None and num < MIN_GMM_IMAGES else "clean_prob"
+    if given is not None:
+        given_prob = probs[torch.arange(num), torch.as_tensor(np.asarray(given), dtype=torch.long)]
+        flag_score = given_prob if flag_by == "prob_given" else clean  # low: likely mislabelled
+        if flag_by == "prob_given":
+            log.warning("warning: " + SMALL_SET_WARNING.format(num=num, tau=tau))
 
     rows = []
     for i in range(num):
@@ -222,22 +244,22 @@ def predict(
             row["clean_prob"] = round(float(clean[i]), 6)
             for name, p in zip(("net1", "net2"), per_net):
                 row[f"clean_prob_{name}"] = round(float(p[i]), 6)
-            row["suspect"] = int(float(clean[i]) <= tau)
+            row["suspect"] = int(float(flag_score[i]) <= tau)
         if names:
             row["given_class"] = "" if given is None else names[int(given[i])]
             row["predicted_class"] = names[int(predicted[i])]
         rows.append(row)
 
-    summary = {"rows": num, "split": split, "p_threshold": tau}
+    summary = {"rows": num, "split": split, "p_threshold": tau, "flag_by": flag_by}
     if given is not None:
         summary["suspects"] = sum(r["suspect"] for r in rows)
         summary["agreement"] = float((predicted.numpy() == np.asarray(given)).mean())
-        summary["estimated_noise_rate"] = float((1 - clean).mean())  # expected share of wrong labels under the GMM
+        summary["estimated_noise_rate"] = float((1 - flag_score).mean())  # expected share of wrong labels
     if true is not None and given is not None:
         from training.metrics import split_quality
 
         is_clean = torch.as_tensor(np.asarray(given) == true)
-        quality = split_quality(clean, is_clean, tau)  # "clean" = not suspect
+        quality = split_quality(flag_score, is_clean, tau)  # "clean" = not suspect
         wrong = ~is_clean.numpy()
         flagged = np.array([r["suspect"] == 1 for r in rows])
         summary.update(
@@ -259,6 +281,8 @@ def predict(
             predicted=predicted.numpy(),
             given=None if given is None else np.asarray(given, dtype=np.int64),
             clean_prob=None if clean is None else clean.numpy(),
+            score=None if given is None else flag_score.numpy(),
+            flag_by=flag_by,  # what flags and ranks: clean_prob or prob_given
             suspect=None if clean is None else np.array([r["suspect"] == 1 for r in rows]),
             index=np.array([r["index"] for r in rows]),
             dataset_index=None if dataset_index is None else np.asarray(dataset_index),
@@ -299,7 +323,7 @@ def write_label_files(
     if drop:
         written.append(suspects.save_npy(drop, arrays["index"][~flagged].astype(np.int64)))
     if sheet > 0:
-        top = np.argsort(arrays["clean_prob"], kind="stable")[:sheet]
+        top = np.argsort(arrays["score"], kind="stable")[:sheet]
         names = arrays["classes"] or [str(k) for k in range(arrays["probs"].shape[1])]
         if arrays["images"] is not None:
             images = [arrays["images"][i] for i in top]
@@ -315,17 +339,18 @@ def write_label_files(
                 images,
                 [names[int(arrays["given"][i])] for i in top],
                 [names[int(arrays["predicted"][i])] for i in top],
-                [float(arrays["clean_prob"][i]) for i in top],
+                [float(arrays["score"][i]) for i in top],
                 sheet_path,
+                "p_clean" if arrays["flag_by"] == "clean_prob" else "p_given",
             )
         )
     return written
 
 
-def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
-    """Write ``rows`` (sorted by clean probability, most suspect first, with ``sort``)."""
-    if sort and rows and "clean_prob" in rows[0]:
-        rows = sorted(rows, key=lambda r: (r["clean_prob"], r["index"]))
+def write_csv(rows: list[dict], path: str | Path, sort: bool = False, sort_by: str = "clean_prob") -> Path:
+    """Write ``rows`` (sorted by ``sort_by``, most suspect first, with ``sort``)."""
+    if sort and rows and sort_by in rows[0]:
+        rows = sorted(rows, key=lambda r: (r[sort_by], r["index"]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -334,6 +359,21 @@ def write_csv(rows: list[dict], path: str | Path, sort: bool = False) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def default_outputs(checkpoint: str | Path, split: str, data_path: str) -> Path:
+    """The CSV's place without --out: the run's folder, one file per scored set (a folder's named after it)."""
+    run_dir = Path(checkpoint).parent
+    if split == "folder":
+        return run_dir / f"predictions_{Path(data_path).resolve().name}.csv"
+    return run_dir / "predictions.csv"
+
+
+def sheet_beside(csv_path: Path) -> Path:
+    """``suspects.png`` beside the CSV; ``suspects_<folder>.png`` beside a default ``predictions_<folder>.csv``."""
+    stem = csv_path.stem
+    suffix = stem[len("predictions") :] if stem.startswith("predictions_") else ""
+    return csv_path.with_name(f"suspects{suffix}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -346,7 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="train: the run's training set; folder: the images in --data_path (empty: folder if given, else train)",
     )
-    parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
+    parser.add_argument(
+        "--out",
+        default="",
+        help="CSV file to write (empty: the run's folder, predictions.csv, or predictions_<folder>.csv for a folder)",
+    )
     parser.add_argument("--sort", action="store_true", help="most likely mislabelled rows first")
     parser.add_argument(
         "--p_threshold",
@@ -376,15 +420,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.config import ConfigError
 
     arrays: dict = {}
+    split = args.split or ("folder" if args.data_path else "train")
+    out = Path(args.out) if args.out else default_outputs(args.checkpoint, split, args.data_path)
     try:
         for path in (args.relabel, args.drop, args.pred_probs):
             if path:
                 suspects.check_npy(path)
-        if args.relabel and (args.split or ("folder" if args.data_path else "train")) != "train":
+        if args.relabel and split != "train":
             raise ValueError("--relabel writes the run's training labels: use --split train")
         if args.sheet < 0:
             raise ValueError(f"--sheet {args.sheet}: the number of images must be >= 0")
-        suspects.check_output_file(args.out, "--out")
+        suspects.check_output_file(out, "--out")
+        versions.check_torchvision()
         rows, summary = predict(
             args.checkpoint,
             data_path=args.data_path,
@@ -400,16 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop=args.drop,
             pred_probs=args.pred_probs,
             sheet=args.sheet,
-            sheet_path=Path(args.out).parent / "suspects.png",
+            sheet_path=sheet_beside(out),
         )
-        path = write_csv(rows, args.out, args.sort)
+        path = write_csv(rows, out, args.sort, summary.get("flag_by", "clean_prob"))
     except (ckpt_lib.CheckpointError, ConfigError, DataConfigError, DatasetNotFoundError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {summary['rows']} rows to {path}")
     if "suspects" in summary:
+        what = "clean probability" if summary["flag_by"] == "clean_prob" else "prob_given"
         print(
-            f"{summary['suspects']} suspect labels (clean probability <= {summary['p_threshold']:g}); "
+            f"{summary['suspects']} suspect labels ({what} <= {summary['p_threshold']:g}); "
             f"the ensemble agrees with {100 * summary['agreement']:.1f}% of the given labels"
         )
     if "truly_wrong" in summary:
@@ -421,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "estimated_noise_rate" in summary:
         print(
             f"summary: {summary['suspects']} of {summary['rows']} flagged; estimated noise rate "
-            f"{100 * summary['estimated_noise_rate']:.1f}% (mean of 1 - clean_prob)"
+            f"{100 * summary['estimated_noise_rate']:.1f}% (mean of 1 - {summary['flag_by']})"
         )
     for path in files:
         print(f"wrote {path}")

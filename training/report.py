@@ -11,9 +11,9 @@ training labels, the final clean split's precision and recall (mean of the two n
 (sum over epochs of the recorded epoch times, times the number of processes). Statistics are over finished
 seeds; the status column lists every unfinished cell with its progress, and a row whose cells have not started
 is still there. Run folders not made by a sweep are grouped by dataset, noise rate and method, and by the
-settings that change what a run measures (training subset, width, epochs, named in the row's setting where they
-differ from the paper's full run), and matched to the paper grid of their dataset. Smoke runs are left out
-unless ``--include_smoke``.
+settings that change what a run measures (training subset and whether it is class-balanced, test subset, width,
+epochs, named in the row's setting where they differ from the paper's full run), and matched to the paper grid
+of their dataset. Smoke runs are left out unless ``--include_smoke``.
 
 A run counts once: a folder reached twice (a symlink, or named twice) and a copy of a run (same setting,
 method and seed: a backup) are reported once, with a warning; the more complete copy is kept. A folder that
@@ -230,8 +230,22 @@ def _paper_grid_for(dataset: str) -> Grid | None:
 
 
 # Settings that change what a run measures: runs that differ in one of them are not seeds of one row.
-RECIPE_KEYS = ("train_subset", "width", "num_epochs")
-_RECIPE_DEFAULTS = {"train_subset": 0, "width": 64, "num_epochs": 300}  # the paper's recipe: a full run
+RECIPE_KEYS = ("train_subset", "balanced_subset", "test_subset", "width", "num_epochs")
+# the paper's recipe: a full run
+_RECIPE_DEFAULTS = {"train_subset": 0, "balanced_subset": False, "test_subset": 0, "width": 64, "num_epochs": 300}
+# Settings of where and how fast a run ran, not of what it measured: two copies of one run may differ in them.
+_LOCAL_SETTINGS = {
+    "output_dir", "run_name", "resume", "device", "wandb", "wandb_project", "threads", "num_workers",
+    "log_interval", "eval_batch_size", "data_path", "noise_dir", "data_pipeline", "deterministic",
+}  # fmt: skip
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    """The settings (other than where and how fast they ran) in which two run folders' configs differ."""
+    cfg_a = (read_json(a / "config.json") or {}).get("config") or {}
+    cfg_b = (read_json(b / "config.json") or {}).get("config") or {}
+    keys = (set(cfg_a) | set(cfg_b)) - _LOCAL_SETTINGS
+    return sorted(k for k in keys if cfg_a.get(k) != cfg_b.get(k))
 
 
 def is_smoke(run_dir: Path) -> bool:
@@ -240,8 +254,8 @@ def is_smoke(run_dir: Path) -> bool:
 
 
 def cell_from_run(run_dir: Path) -> tuple[Grid, Cell]:
-    """A run folder made by hand as a cell: grouped by dataset, noise setting, method and recipe (subset,
-    width and epochs, in the label where they differ from the paper's full run)."""
+    """A run folder made by hand as a cell: grouped by dataset, noise setting, method and recipe (RECIPE_KEYS,
+    in the label where they differ from the paper's full run)."""
     info = read_json(run_dir / "config.json")
     if info is None:
         raise BadRunFolder("config.json is missing or not a JSON object")
@@ -324,10 +338,13 @@ def collect(paths: Sequence[Path], include_smoke: bool = False) -> list[GridRepo
             key = (cell.setting, cell.method, cell.seed)
             if key in runs:
                 other, kept = runs[key]
+                differ = _differences(other, run_dir)
                 if _completeness(res) > _completeness(kept):
                     other, runs[key] = run_dir, (run_dir, res)
-                log.warning("%s and %s are the same run (%s, %s, seed %d: a copy?); counted once, %s kept",
-                            other, run_dir, cell.setting or "-", cell.method, cell.seed, runs[key][0])  # fmt: skip
+                what = f"differ in {', '.join(differ)}: give them other seeds" if differ else "a copy?"
+                log.warning("%s and %s are the same run (%s, %s, seed %d; %s); counted once, %s kept",
+                            other, run_dir, cell.setting or "-", cell.method, cell.seed, what,
+                            runs[key][0])  # fmt: skip
                 continue
             runs[key] = (run_dir, res)
     for grid, runs in loose.values():

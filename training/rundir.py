@@ -14,7 +14,9 @@ import errno
 import json
 import logging
 import os
+import shlex
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -224,6 +226,7 @@ class RunFolder:
     path: Path
     resume: Path | None  # the checkpoint to continue from (None: a fresh start)
     lock: RunLock | None  # held by the process that writes the folder (rank 0)
+    created: bool = False  # made by this start: a start that fails takes it away again (discard_start)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -244,6 +247,7 @@ def open_run_folder(
     """
     run_dir = Path(output_dir).expanduser() / run_name
     lock = None
+    created = create and not run_dir.exists()
     if create:
         make_folder(run_dir, Path(output_dir).expanduser())
         lock = RunLock(run_dir, stale_after_s, force_unlock).acquire()
@@ -255,7 +259,28 @@ def open_run_folder(
         if lock is not None:
             lock.release()
         raise
-    return RunFolder(run_dir, resume_path, lock)
+    return RunFolder(run_dir, resume_path, lock, created)
+
+
+# What a start writes before its first epoch: a failed start removes these, and the folder if nothing else is in it.
+START_FILES = ("log.txt", "config.json", METRICS_FILE)
+
+
+def discard_start(run_dir: Path) -> None:
+    """Take away a folder this start created and that holds no epoch: a start-up failure leaves no run behind."""
+    if (run_dir / ckpt_lib.FILENAME).exists():
+        return
+    for name in START_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else is in it (a dashboard folder): kept
+        run_dir.rmdir()
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` with its own settings (they are in its checkpoint)."""
+    python = (getattr(sys, "orig_argv", None) or [sys.executable])[0]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "instanceGM.py"
+    return shlex.join([python, script, "--resume", str(run_dir)])
 
 
 def undo_start(run_dir: Path, created: bool, log_size: int | None) -> None:
@@ -387,5 +412,5 @@ def write_error(err: OSError, run_dir: Path | None) -> RunFolderError | None:
         fix = fix.split(":")[0]
         return RunFolderError(f"cannot use {err.filename} ({reason}): {fix}; choose a folder that allows it")
     saved = run_dir is not None and (run_dir / ckpt_lib.FILENAME).exists()
-    after = "; what was saved is intact: continue with --resume auto" if saved else ""
+    after = f"; what was saved is intact: continue with: {resume_command(run_dir)}" if saved else ""
     return RunFolderError(f"cannot write in {run_dir} ({reason}): {fix}{after}")

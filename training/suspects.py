@@ -94,8 +94,10 @@ def contact_sheet(
     predicted: Sequence[str],
     clean_prob: Sequence[float],
     path: str | Path,
+    score_name: str = "p_clean",
 ) -> Path:
-    """A PNG of thumbnails in reading order, each captioned ``given -> predicted`` and ``p_clean 0.03``.
+    """A PNG of thumbnails in reading order, each captioned ``given -> predicted`` and ``p_clean 0.03`` (or, for
+    a set too small for the GMM, ``score_name`` ``p_given``).
 
     ``images``: uint8 (H, W, C) arrays (C = 1 or 3), most suspect first; tiles are TILE + CAPTION pixels high.
     """
@@ -114,7 +116,7 @@ def contact_sheet(
         thumb = Image.fromarray(pixels.astype(np.uint8)).convert("RGB").resize((TILE, TILE), Image.NEAREST)
         sheet.paste(thumb, (x0, y0))
         draw.text((x0, y0 + TILE + 2), f"{given[i][:7]}->{predicted[i][:7]}", fill="black")
-        draw.text((x0, y0 + TILE + 15), f"p_clean {clean_prob[i]:.2f}", fill=(170, 0, 0))
+        draw.text((x0, y0 + TILE + 15), f"{score_name} {clean_prob[i]:.2f}", fill=(170, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)

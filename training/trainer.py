@@ -23,7 +23,8 @@ from training import dashboards, dividemix, faults, generative, noise_rate
 from training import distributed as dist_lib
 from training.config import Config
 from training.metrics import MetricSink, RunningMeans, split_quality, summarise
-from training.progress import remaining_time_text
+from training.progress import StartupTimer, remaining_time_text
+from training.rundir import resume_command
 from training.runtime import capture_rng_state, eval_batch_size, git_sha
 
 log = logging.getLogger("training")
@@ -203,6 +204,7 @@ class CoTrainer:
         meters = RunningMeans()
         loader = self.data.warmup_loader(2 * cfg.batch_size)
         seen, t0 = 0, time.perf_counter()
+        timer = self._startup_timer(epoch, peer, loader)
         bar = self._bar(loader, f"epoch {epoch + 1}/{cfg.num_epochs} warm-up {peer.name}")
         for i, (x, y, _idx) in enumerate(bar):
             x = self._prep(x)
@@ -212,6 +214,8 @@ class CoTrainer:
             self._optimize(loss, peer.opt)
             meters.update(loss=loss, ce=ce)
             seen += x.size(0)
+            if timer is not None and (text := timer.step_done(i)):
+                log.info(text)
             if (i + 1) % cfg.log_interval == 0:
                 self._check_finite(meters, epoch, peer, bar)
         means = self._check_finite(meters, epoch, peer, bar)
@@ -466,6 +470,16 @@ class CoTrainer:
             )
         return indices[selected], prob[selected], indices[~selected]
 
+    def _startup_timer(self, epoch: int, peer: Peer, loader) -> StartupTimer | None:
+        """A timer for the run's first warm-up steps (the first net's, on the process that logs), else None."""
+        if epoch != self.start_epoch or peer is not self.peers[0] or not self.dist.is_main:
+            return None
+        batch = 2 * self.cfg.batch_size
+        steps = len(loader) if hasattr(loader, "__len__") else math.ceil(self.data.num_train / batch)
+        labels = getattr(self.data, "test_labels", None)
+        num_test = len(labels) if labels is not None else self.cfg.test_subset
+        return StartupTimer(self.cfg, steps, self.data.num_train, num_test, epoch, self.device.type)
+
     def _vae_batch(self, x1: Tensor, y: Tensor, u1: Tensor | None, uy: Tensor | None) -> tuple[Tensor, Tensor]:
         """The generative step's batch: fresh 2B random training samples (original) or the DivideMix batch."""
         if self.cfg.vae_batch == "dm":
@@ -500,11 +514,11 @@ class CoTrainer:
             raise TrainingDiverged(
                 f"{peer.name}: the loss became NaN/inf in epoch {epoch + 1} (non-finite: {', '.join(bad)}); "
                 + (
-                    f"the last good checkpoint is {last}: resume it with --resume auto"
+                    f"the last good checkpoint is {last}: continue it, with a lower --lr or --amp off, with: "
+                    f"{resume_command(self.run_dir)} --lr <lower> --allow_config_change"
                     if last.exists()
-                    else "no epoch completed yet: start again"
+                    else "no epoch completed yet: start again after lowering --lr or with --amp off"
                 )
-                + " after lowering --lr or with --amp off"
             )
         return means
 
