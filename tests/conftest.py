@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Debian's dataset-fashion-mnist: the real dataset of the end-to-end tests (`from conftest import needs_fmnist`).
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
 ISOLATED_CHILD = "INSTANCEGM_ISOLATED_TEST"  # set in the child process: run the test itself there
 ISOLATED_TIMEOUT_S = 900  # a native kernel can also hang; the suite must still end
 

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FMNIST, needs_fmnist
 
 from benchmarks import fmnist_idn, fp32_accuracy, label_errors, throughput
 from training import Config
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 @pytest.mark.slow

@@ -5,13 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 import instanceGM
 from training import checkpoint as ckpt_lib
 from training.metrics import read_jsonl
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 def _argv(tmp_path, *extra):

@@ -26,14 +26,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 
 import instanceGM
 from training import checkpoint as ckpt_lib
 from training import launch, rundir, runtime
 from training.metrics import read_jsonl
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 import instanceGM
 from training import checkpoint as ckpt_lib
 from training.config import Config
 from training.metrics import read_jsonl, summarise
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(autouse=True)

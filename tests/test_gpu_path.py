@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 import instanceGM
 from training import runtime
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 class CudaCalls:

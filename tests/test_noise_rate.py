@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 import instanceGM
 from models.preact_resnet import preact_resnet18
@@ -14,9 +15,6 @@ from training import launch
 from training import noise_rate as nr
 from training.config import Config, ConfigError
 from training.metrics import read_jsonl
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 # ---------------------------------------------------------------- the model, by hand ----------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FMNIST
 from PIL import Image
 
 import instanceGM
@@ -26,8 +27,6 @@ from training import dashboards, plot, predict
 from training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 # ---------------------------------------------------------------- Docker -----------------------------------

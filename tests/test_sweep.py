@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_fmnist
 
 from training import report as report_lib
 from training import sweep as sweep_lib
 from training.grid import ROOT, GridError, cell_state, load_grid, named_grids, write_manifest
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(scope="module")
