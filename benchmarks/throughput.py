@@ -524,7 +524,7 @@ class PathRunner:
             if self.path == "naive":
                 return lambda: original_eval_train(net, itertools.islice(evals, args.eval_batches), self.n_train)
             return lambda: dividemix.per_sample_losses(
-                net, itertools.islice(evals, args.eval_batches), self.n_train, b.device, b.autocast, prep=b.prep
+                net, itertools.islice(evals, args.eval_batches), b.autocast, prep=b.prep
             )
         tests = self._iter("test", lambda: endless(lambda: data.test_loader(self.eval_batch)))
         if self.path == "naive":
@@ -678,7 +678,7 @@ def measure_eval_batches(bench: Bench, arrays: dict, sizes: list[int], args: arg
 
     def run(n: int) -> None:
         batches = itertools.islice(data.eval_train_loader(n), images // n)
-        dividemix.per_sample_losses(net, batches, images, bench.device, bench.autocast, prep=bench.prep)
+        dividemix.per_sample_losses(net, batches, bench.autocast, prep=bench.prep)
 
     for n in sizes:
         run(n)  # untimed: oneDNN primitives and allocator warm-up

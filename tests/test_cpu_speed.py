@@ -28,8 +28,8 @@ def test_divide_losses_equal_across_batch_sizes_and_memory_formats():
     def batches(n):
         return [(x[i : i + n], y[i : i + n], torch.arange(i, min(i + n, 40))) for i in range(0, 40, n)]
 
-    ref, idx = dividemix.per_sample_losses(net, batches(40), 40, torch.device("cpu"))
-    small, _ = dividemix.per_sample_losses(net, batches(16), 40, torch.device("cpu"))
+    ref, idx = dividemix.per_sample_losses(net, batches(40))
+    small, _ = dividemix.per_sample_losses(net, batches(16))
     cl_net = net.to(memory_format=torch.channels_last)
     seen = []
 
@@ -37,7 +37,7 @@ def test_divide_losses_equal_across_batch_sizes_and_memory_formats():
         seen.append(t.is_contiguous(memory_format=torch.channels_last))
         return t.contiguous(memory_format=torch.channels_last)
 
-    cl, _ = dividemix.per_sample_losses(cl_net, batches(16), 40, torch.device("cpu"), prep=prep)
+    cl, _ = dividemix.per_sample_losses(cl_net, batches(16), prep=prep)
     assert torch.equal(idx, torch.arange(40))
     torch.testing.assert_close(small, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)

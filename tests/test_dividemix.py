@@ -163,7 +163,7 @@ def test_per_sample_losses_in_loader_order():
     xs = torch.rand(6, 1, 2, 2)
     ys = torch.tensor([0, 1, 0, 1, 1, 0])
     loader = [(xs[:4], ys[:4], torch.arange(4)), (xs[4:], ys[4:], torch.arange(4, 6))]
-    losses, idx = dm.per_sample_losses(net, loader, 6, torch.device("cpu"))
+    losses, idx = dm.per_sample_losses(net, loader)
     with torch.no_grad():
         expected = nn.functional.cross_entropy(net(xs), ys, reduction="none")
     assert torch.allclose(losses, expected) and idx.tolist() == list(range(6))

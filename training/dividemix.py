@@ -190,9 +190,7 @@ def warmup_loss(logits: Tensor, y_noisy: Tensor, confidence_penalty: bool) -> tu
 
 # ---------------------------------------------------------------- divide ----------------------------------
 @torch.no_grad()
-def per_sample_losses(
-    net: nn.Module, loader, num_samples: int, device: torch.device, autocast=None, prep=None
-) -> tuple[Tensor, Tensor]:
+def per_sample_losses(net: nn.Module, loader, autocast=None, prep=None) -> tuple[Tensor, Tensor]:
     """Per-sample cross-entropy of every (eval-transform) training sample on its noisy label.
 
     Returns (losses, indices) in loader order, gathered on the device and moved to the CPU once. ``autocast``

@@ -142,12 +142,12 @@ def folder_set(cfg: Config, info: dict, data_path: str) -> tuple[np.ndarray, np.
     return load_images(paths, cfg.vae_size), labels, [str(p) for p in paths], classes
 
 
-def score(peers, loader, num_samples: int, device: torch.device) -> tuple[list[Tensor], list[Tensor], Tensor]:
+def score(peers, loader) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Per net: logits and per-sample losses of every sample (one pass each); and the sample indices."""
     logits, losses, indices = [], [], None
     for peer in peers:
         keep = _KeepLogits(peer.net)
-        loss, idx = dividemix.per_sample_losses(keep, loader(), num_samples, device)
+        loss, idx = dividemix.per_sample_losses(keep, loader())
         logits.append(torch.cat(keep.logits))
         losses.append(loss)
         indices = idx
@@ -213,7 +213,7 @@ def predict(
     else:
         raise ValueError(f"--split {split!r}: choose train or folder")
 
-    logits, losses, indices = score(peers, loader, num, dev)
+    logits, losses, indices = score(peers, loader)
     order = torch.argsort(indices)  # rows in index order whatever the loader's order
     summed = sum(lg[order] for lg in logits)  # (N, K): the ensemble of the test protocol
     probs = torch.softmax(summed, 1)

@@ -240,8 +240,6 @@ class CoTrainer:
                 self._bar(
                     self.data.eval_train_loader(self.eval_batch), f"epoch {record['epoch'] + 1} divide {peer.name}"
                 ),
-                self.data.num_train,
-                self.device,
                 self.autocast,
                 prep=self._prep,
             )
