@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from training.config import Config
-from training.launch import SMOKE_BUDGET, apply_smoke, log_failure, setup_logging
+from training.launch import apply_smoke, log_failure, setup_logging
 from training.progress import format_duration, remaining_time_s, remaining_time_text
 
 CFG = Config(num_epochs=6, warm_up=2)
@@ -40,7 +40,8 @@ def test_smoke_limits_every_size_of_any_preset():
     assert (cfg.batch_size, cfg.width, cfg.num_batches, cfg.wandb) == (2, 16, 2, "off")
     small = apply_smoke(Config(batch_size=64, train_subset=100, smoke=True))  # 32x32; a smaller subset stays
     assert (small.batch_size, small.train_subset, small.test_subset) == (16, 100, 256)
-    assert SMOKE_BUDGET[64] == (8, 128, 128)
+    mid = apply_smoke(Config(dataset="animal10n", vae_size=64, batch_size=64, smoke=True))
+    assert (mid.batch_size, mid.train_subset, mid.test_subset) == (8, 128, 128)  # VGG at 64 px: dearer images
     assert apply_smoke(big.replace(smoke=False)) == big.replace(smoke=False)
 
 

@@ -22,7 +22,7 @@ import instanceGM_redMini
 import models
 from dataloaders import build_data, image_cache
 from dataloaders.animal10n import load_animal10n
-from dataloaders.base import DatasetNotFoundError, NoisyDataModule
+from dataloaders.base import DatasetNotFoundError
 from dataloaders.clothing1m import Clothing1MDataModule, class_balanced_subset
 from dataloaders.red_mini import load_red_mini
 from training.config import parse_cli
@@ -419,7 +419,6 @@ def test_clothing1m_workers_do_not_change_the_data(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(*batches))
 
 
-@pytest.mark.skipif(not hasattr(NoisyDataModule, "set_distributed"), reason="no multi-process data API")
 def test_clothing1m_shards_for_multi_process_runs(tmp_path):
     write_clothing(tmp_path / "clothing1M")
     ranks = [clothing(tmp_path / "clothing1M") for _ in range(2)]
