@@ -7,10 +7,12 @@ method                    samples                                    yields
 ========================  =========================================  ===============================
 ``warmup_loader``         all training samples, train augmentation   ``(x, noisy_y, idx)``
 ``eval_train_loader``     all training samples, test transform       ``(x, noisy_y, idx)``
-``labeled_loader``        given indices (+ clean probability), 2 views ``(x1, x2, noisy_y, w, idx)``
+``labeled_loader``        given indices, their clean prob., 2 views  ``(x1, x2, noisy_y, w, idx)``
 ``unlabeled_loader``      given indices, 2 views                     ``(u1, u2, noisy_y, idx)``
 ``test_loader``           clean test set, test transform             ``(x, y)``
-``vae_batches``           endless: fresh random distinct samples     ``(x, noisy_y, idx)``
+``val_loader``            clean validation set (or None), test       ``(x, y)``
+``vae_batches``           endless: random distinct samples (of all,  ``(x, noisy_y, idx)``
+                          or of the given ``indices``), train aug.
 ========================  =========================================  ===============================
 
 Images come out as float tensors in [0, 1] on the module's device (never normalised: the continuous
@@ -262,7 +264,9 @@ class NoisyDataModule:
         """Clean validation set for model selection, if the dataset has one."""
         return None
 
-    def vae_batches(self, batch_size: int) -> Iterator[tuple]:
+    def vae_batches(self, batch_size: int, indices: Tensor | None = None) -> Iterator[tuple]:
+        """Endless random batches of distinct samples for the generative step; ``indices``: draw only from these
+        (Clothing1M's fixed warm-up subset), else from the whole training set."""
         raise NotImplementedError
 
     def sample_images(self, count: int) -> tuple[Tensor, Tensor, Tensor | None]:
